@@ -1,0 +1,376 @@
+// DualPipe and DualPipeV (DeepSeek-V3, arXiv 2412.19437): generators that
+// reproduce the reference implementation's per-rank order of compute and of
+// communication batches, at compile time and at run time.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "dualpipe/schedule/build.hpp"
+#include "dualpipe/schedule/instruction.hpp"
+#include "dualpipe/schedule/options.hpp"
+#include "dualpipe/schedule/table.hpp"
+
+namespace dualpipe {
+
+namespace detail {
+
+// The first constraint (P, N) breaks, as a sentence, or an empty view.
+[[nodiscard]] constexpr std::string_view dualpipe_violation(std::int64_t ranks,
+                                                            std::int64_t microbatches,
+                                                            bool v_shape) noexcept {
+  if (ranks < 2) return "needs at least 2 ranks (P >= 2)";
+  if (ranks > max_ranks) return "supports at most 16384 ranks (P <= 16384)";
+  if (!v_shape && ranks % 2 != 0)
+    return "needs an even number of ranks (P even): rank r pairs with its mirror P-1-r";
+  if (microbatches > max_microbatches)
+    return "supports at most 4194304 micro-batches (N <= 4194304)";
+  if (!v_shape && microbatches % 2 != 0)
+    return "needs an even number of micro-batches (N even): half enter at each end";
+  if (microbatches < 2 * ranks) return "needs at least twice as many micro-batches as ranks (N >= 2P)";
+  return {};
+}
+
+// First-in first-out record of deferred weight gradients, as the reference's
+// WeightGradStore queue.
+class deferred_weights {
+ public:
+  constexpr void push(int stage, int mb) { items_.emplace_back(stage, mb); }
+  [[nodiscard]] constexpr std::pair<int, int> pop() {
+    if (head_ >= items_.size()) throw std::logic_error("dualpipe: W with no deferred weight gradient");
+    return items_[head_++];
+  }
+
+ private:
+  std::vector<std::pair<int, int>> items_;
+  std::size_t head_ = 0;
+};
+
+// One rank's walk through the reference algorithm. "phase" is the rank-local
+// name of a direction (a second-half DualPipe rank swaps them); compute and
+// communication counters are kept per direction exactly as the reference keeps
+// its chunk ids, and posted sends/receives are flushed by a commit before each
+// compute, as its _commit_and_wait_comm does.
+template <class Emit>
+class dualpipe_rank_walk {
+ public:
+  constexpr dualpipe_rank_walk(int ranks, int microbatches, bool v_shape, generator_options options,
+                               int rank, Emit emit)
+      : P_(ranks),
+        N_(microbatches),
+        v_(v_shape),
+        opt_(options),
+        r_(rank),
+        emit_(emit),
+        second_half_(!v_shape && rank >= ranks / 2),
+        first_rank_(rank == 0),
+        last_rank_(rank == ranks - 1) {}
+
+  constexpr void run() {
+    // DualPipeV is DualPipe with h -> P, k -> r, N/2 -> N, P -> 2P and the
+    // middle ranks replaced by the last rank.
+    const int h = v_ ? P_ : P_ / 2;
+    const int k = v_ ? r_ : (r_ < P_ - 1 - r_ ? r_ : P_ - 1 - r_);
+    const int per_direction = v_ ? N_ : N_ / 2;
+    const bool middle = v_ ? last_rank_ : (r_ == P_ / 2 - 1 || r_ == P_ / 2);
+
+    // Step 1: warm-up forwards of phase 0.
+    for (int i = 0; i < 2 * (h - k - 1); ++i) forward_chunk(0);
+
+    // Step 2: forward phase 0, forward phase 1.
+    const int step_2 = k + 1;
+    recv_forward(0);
+    for (int i = 0; i < step_2; ++i) {
+      forward_chunk(0, false, middle);
+      recv_forward(0);
+      forward_chunk(1, true, !middle || i < step_2 - 1);
+      if (!middle) send_forward(0);
+    }
+
+    // Step 3: backward-input of phase 1, one weight gradient, forward phase 1.
+    for (int i = 0; i < h - k - 1; ++i) {
+      backward_chunk(1, true);
+      recv_forward(1);
+      weight_chunk();
+      forward_chunk(1, false);
+    }
+
+    // Step 4: the steady state of overlapped pairs.
+    const int step_4 = per_direction - 2 * h + k + 1;
+    for (int i = 0; i < step_4; ++i) {
+      if (i == 0) {
+        if (middle) {
+          // Not overlapped, as in the reference, to shrink the bubble.
+          forward_chunk(0, false, false);
+          send_forward(1);
+          backward_chunk(1, false, true, false);
+          send_forward(0);
+          send_backward(1);
+        } else {
+          forward_backward_chunk(0, 1, false);
+        }
+      } else {
+        forward_backward_chunk(0, 1);
+      }
+      forward_backward_chunk(1, 0);
+    }
+
+    // Step 5: backward phase 1, then an overlapped (F phase 1, B phase 0).
+    for (int i = 0; i < h - k - 1; ++i) {
+      backward_chunk(1);
+      forward_backward_chunk(1, 0);
+    }
+
+    // Step 6: backward phase 1, backward phase 0; the second half defers W.
+    const int step_6 = k + 1;
+    bool defer = false;
+    for (int i = 0; i < step_6; ++i) {
+      if (i == step_6 / 2 && k % 2 == 1) defer = true;
+      backward_chunk(1, defer);
+      if (i == step_6 / 2 && k % 2 == 0) defer = true;
+      backward_chunk(0, defer);
+    }
+
+    // Step 7: one weight gradient, then backward-input of phase 0.
+    for (int i = 0; i < h - k - 1; ++i) {
+      weight_chunk();
+      backward_chunk(0, true);
+    }
+
+    // Step 8: the remaining weight gradients.
+    for (int i = 0; i < k + 1; ++i) weight_chunk();
+
+    commit();
+  }
+
+ private:
+  struct direction_counters {
+    int forward = 0, backward = 0, send_f = 0, send_b = 0, recv_f = 0, recv_b = 0;
+  };
+
+  [[nodiscard]] constexpr int direction(int phase) const noexcept {
+    return second_half_ ? phase ^ 1 : phase;
+  }
+  [[nodiscard]] constexpr int stage_of(int dir) const noexcept {
+    if (v_) return dir == 0 ? r_ : 2 * P_ - 1 - r_;
+    return dir == 0 ? r_ : P_ - 1 - r_;
+  }
+  [[nodiscard]] constexpr int microbatch_of(int dir, int chunk) const noexcept {
+    return (!v_ && dir == 1) ? N_ / 2 + chunk : chunk;
+  }
+  [[nodiscard]] constexpr bool first_stage(int dir) const noexcept {
+    if (v_) return first_rank_ && dir == 0;
+    return (first_rank_ && dir == 0) || (last_rank_ && dir == 1);
+  }
+  [[nodiscard]] constexpr bool last_stage(int dir) const noexcept {
+    if (v_) return first_rank_ && dir == 1;
+    return (first_rank_ && dir == 1) || (last_rank_ && dir == 0);
+  }
+  // DualPipeV's tip: the last rank hands stage P-1's output to stage P (and
+  // the gradient back) without communication.
+  [[nodiscard]] constexpr bool local_output(int dir) const noexcept {
+    return v_ && last_rank_ && dir == 0;
+  }
+  [[nodiscard]] constexpr bool local_input(int dir) const noexcept {
+    return v_ && last_rank_ && dir == 1;
+  }
+  [[nodiscard]] constexpr int downstream(int dir) const noexcept {
+    return dir == 0 ? r_ + 1 : r_ - 1;
+  }
+  [[nodiscard]] constexpr int upstream(int dir) const noexcept {
+    return dir == 0 ? r_ - 1 : r_ + 1;
+  }
+
+  constexpr void post(op kind, int dir, int chunk, int peer) {
+    ++pending_;
+    if (opt_.with_communication)
+      emit_(make_communication(kind, stage_of(dir), microbatch_of(dir, chunk), peer));
+  }
+  constexpr void commit() {
+    if (pending_ == 0) return;
+    pending_ = 0;
+    if (opt_.with_communication) emit_(make_commit());
+  }
+
+  constexpr void recv_forward(int phase) {
+    const int dir = direction(phase);
+    if (first_stage(dir) || local_input(dir)) return;
+    post(op::recv_forward, dir, count_[dir].recv_f++, upstream(dir));
+  }
+  constexpr void send_forward(int phase) {
+    const int dir = direction(phase);
+    if (last_stage(dir) || local_output(dir)) return;
+    post(op::send_forward, dir, count_[dir].send_f++, downstream(dir));
+  }
+  constexpr void recv_backward(int phase) {
+    if (opt_.forward_only) return;
+    const int dir = direction(phase);
+    if (last_stage(dir) || local_output(dir)) return;
+    post(op::recv_backward, dir, count_[dir].recv_b++, downstream(dir));
+  }
+  constexpr void send_backward(int phase) {
+    if (opt_.forward_only) return;
+    const int dir = direction(phase);
+    if (first_stage(dir) || local_input(dir)) return;
+    post(op::send_backward, dir, count_[dir].send_b++, upstream(dir));
+  }
+
+  constexpr void forward_compute(int phase) {
+    const int dir = direction(phase);
+    emit_(make_forward(stage_of(dir), microbatch_of(dir, count_[dir].forward++)));
+  }
+  constexpr void backward_compute(int phase, bool defer_weight) {
+    if (opt_.forward_only) return;
+    const int dir = direction(phase);
+    const int stage = stage_of(dir);
+    const int mb = microbatch_of(dir, count_[dir].backward++);
+    if (defer_weight) {
+      deferred_.push(stage, mb);
+      emit_(make_backward_input(stage, mb));
+    } else {
+      emit_(make_backward(stage, mb));
+    }
+  }
+  constexpr void forward_backward_compute(int phase_f, int phase_b) {
+    if (opt_.forward_only) {
+      forward_compute(phase_f);
+      return;
+    }
+    const int dir_f = direction(phase_f);
+    const int dir_b = direction(phase_b);
+    const int f_mb = microbatch_of(dir_f, count_[dir_f].forward++);
+    const int b_mb = microbatch_of(dir_b, count_[dir_b].backward++);
+    emit_(make_overlapped(stage_of(dir_f), f_mb, stage_of(dir_b), b_mb));
+  }
+
+  constexpr void forward_chunk(int phase, bool recv = true, bool send = true) {
+    if (recv) recv_forward(phase);
+    commit();
+    forward_compute(phase);
+    if (send) send_forward(phase);
+  }
+  constexpr void backward_chunk(int phase, bool defer_weight = false, bool recv = true,
+                                bool send = true) {
+    if (recv) recv_backward(phase);
+    commit();
+    backward_compute(phase, defer_weight);
+    if (send) send_backward(phase);
+  }
+  constexpr void forward_backward_chunk(int phase_f, int phase_b, bool recv_f = true) {
+    if (recv_f) recv_forward(phase_f);
+    recv_backward(phase_b);
+    commit();
+    forward_backward_compute(phase_f, phase_b);
+    send_forward(phase_f);
+    send_backward(phase_b);
+  }
+  constexpr void weight_chunk() {
+    if (opt_.forward_only) return;
+    commit();
+    const auto [stage, mb] = deferred_.pop();
+    emit_(make_backward_weight(stage, mb));
+  }
+
+  int P_, N_;
+  bool v_;
+  generator_options opt_;
+  int r_;
+  Emit emit_;
+  bool second_half_, first_rank_, last_rank_;
+  direction_counters count_[2]{};
+  int pending_ = 0;
+  deferred_weights deferred_{};
+};
+
+}  // namespace detail
+
+// DualPipe (v_shape = false) or DualPipeV (v_shape = true) on `ranks` ranks
+// with `microbatches` micro-batches. A structural type: usable as a template
+// argument of make_static_table.
+struct dualpipe_generator {
+  std::int32_t ranks = 0;
+  std::int32_t microbatches = 0;
+  bool v_shape = false;
+  generator_options options{};
+
+  // Throws std::invalid_argument naming the broken constraint.
+  constexpr void check() const {
+    const std::string_view why = detail::dualpipe_violation(ranks, microbatches, v_shape);
+    if (!why.empty())
+      throw std::invalid_argument(std::string(v_shape ? "DualPipeV " : "DualPipe ") +
+                                  std::string(why) + " (got P=" + std::to_string(ranks) +
+                                  ", N=" + std::to_string(microbatches) + ")");
+  }
+
+  [[nodiscard]] constexpr schedule_info info() const {
+    check();
+    return {v_shape ? schedule_kind::dualpipev : schedule_kind::dualpipe,
+            ranks,
+            v_shape ? 2 * ranks : ranks,
+            microbatches,
+            v_shape ? placement::v_shape : placement::mirrored,
+            options.forward_only,
+            options.with_communication};
+  }
+
+  template <class Emit>
+  constexpr void emit_rank(int rank, Emit emit) const {
+    detail::dualpipe_rank_walk<Emit>(ranks, microbatches, v_shape, options, rank, emit).run();
+  }
+};
+
+namespace schedules {
+
+// Run time: throws std::invalid_argument for an invalid (P, N).
+[[nodiscard]] inline schedule_table dualpipe(int ranks, int microbatches,
+                                             generator_options options = {}) {
+  return make_table(dualpipe_generator{ranks, microbatches, false, options});
+}
+[[nodiscard]] inline schedule_table dualpipev(int ranks, int microbatches,
+                                              generator_options options = {}) {
+  return make_table(dualpipe_generator{ranks, microbatches, true, options});
+}
+
+// Compile time: an invalid (P, N) is a compile error that says which rule it breaks.
+template <int P, int N, generator_options Options = generator_options{}>
+[[nodiscard]] constexpr auto dualpipe_table() {
+  static_assert(P >= 2, "dualpipe_table<P, N>: DualPipe needs at least 2 ranks (P >= 2)");
+  static_assert(P % 2 == 0,
+                "dualpipe_table<P, N>: DualPipe needs an even number of ranks (P even): rank r "
+                "pairs with its mirror P-1-r");
+  static_assert(P <= max_ranks, "dualpipe_table<P, N>: at most 16384 ranks are supported");
+  static_assert(N % 2 == 0,
+                "dualpipe_table<P, N>: DualPipe needs an even number of micro-batches (N even): "
+                "half enter at each end");
+  static_assert(N >= 2 * P,
+                "dualpipe_table<P, N>: DualPipe needs at least twice as many micro-batches as "
+                "ranks (N >= 2P)");
+  static_assert(N <= max_microbatches,
+                "dualpipe_table<P, N>: at most 4194304 micro-batches are supported");
+  if constexpr (detail::dualpipe_violation(P, N, false).empty())
+    return make_static_table<dualpipe_generator{P, N, false, Options}>();
+  else
+    return static_table<0, 0>{};
+}
+
+template <int P, int N, generator_options Options = generator_options{}>
+[[nodiscard]] constexpr auto dualpipev_table() {
+  static_assert(P >= 2, "dualpipev_table<P, N>: DualPipeV needs at least 2 ranks (P >= 2)");
+  static_assert(P <= max_ranks, "dualpipev_table<P, N>: at most 16384 ranks are supported");
+  static_assert(N >= 2 * P,
+                "dualpipev_table<P, N>: DualPipeV needs at least twice as many micro-batches as "
+                "ranks (N >= 2P)");
+  static_assert(N <= max_microbatches,
+                "dualpipev_table<P, N>: at most 4194304 micro-batches are supported");
+  if constexpr (detail::dualpipe_violation(P, N, true).empty())
+    return make_static_table<dualpipe_generator{P, N, true, Options}>();
+  else
+    return static_table<0, 0>{};
+}
+
+}  // namespace schedules
+}  // namespace dualpipe
