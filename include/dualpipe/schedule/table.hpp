@@ -50,6 +50,17 @@ enum class placement : std::uint8_t {
   explicit_map,  // a per-stage rank list carried by the table (imported tables)
 };
 
+// The name interchange formats use for each placement ("linear", "v-shape", ...).
+[[nodiscard]] constexpr const char* placement_name(placement p) noexcept {
+  switch (p) {
+    case placement::linear: return "linear";
+    case placement::v_shape: return "v-shape";
+    case placement::mirrored: return "mirrored";
+    case placement::explicit_map: return "explicit";
+  }
+  return "?";
+}
+
 struct schedule_info {
   schedule_kind kind = schedule_kind::custom;
   std::int32_t ranks = 0;
