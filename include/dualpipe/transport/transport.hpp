@@ -1,0 +1,134 @@
+// The transport concept: how the executor moves activations and gradients
+// between ranks. A transport is one rank's endpoint; the executor posts sends
+// and receives as the table's SEND_*/RECV_* instructions say and launches
+// them together at each COMMIT, as the reference's batch_isend_irecv.
+#pragma once
+
+#include <concepts>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+#include "dualpipe/runtime/errors.hpp"
+#include "dualpipe/schedule/instruction.hpp"
+
+namespace dualpipe {
+
+// ---------------------------------------------------------------------------
+// Required members of a transport T (one rank's endpoint):
+//
+//   typename T::tensor_type    the buffers it moves (the stages' tensor type)
+//   t.rank(), t.ranks()        this endpoint's rank and the number of ranks;
+//                              the executor checks them against the table
+//   t.post_send(i, buffer)     i is a SEND_F/SEND_B instruction (i.stage: the
+//                              sending stage, i.microbatch, i.peer); buffer
+//                              is a const tensor_type&
+//   t.post_recv(i, buffer)     i is a RECV_F/RECV_B instruction (i.stage: the
+//                              receiving stage); buffer is a tensor_type& the
+//                              transport fills (resizing it if it must)
+//   t.commit()                 launches everything posted since the last
+//                              commit as one batch
+//   t.abort(why) noexcept      this rank failed (why names the rank and the
+//                              error): every rank waiting in the transport,
+//                              now or later, throws pipeline_aborted naming
+//                              this rank and `why` instead of waiting
+//
+// Matching: the k-th send from rank a to rank b of a given payload
+// (activation or gradient) and micro-batch meets the k-th receive on b from a
+// of the same payload and micro-batch, as NCCL matches in posting order.
+//
+// Completion. A blocking transport (in-process threads, MPI) returns from
+// commit() when the batch is complete: every received buffer is filled and
+// every sent buffer has been read. A stream-ordered transport (CUDA/NCCL) may
+// return at once; it must then
+//   - order the batch after all compute enqueued before commit(), and all
+//     compute enqueued after commit() after the batch (events between the
+//     compute and communication streams), so a received buffer may be handed
+//     to a stage as soon as commit() returns, and
+//   - return a ticket from commit() (any non-void type) with members
+//       t.complete(ticket) -> bool   (non-blocking: has the batch finished?)
+//       t.wait(ticket)               (block until it has)
+//     The executor then keeps every buffer sent in that batch untouched and
+//     alive until complete() says true (polled at later commits) or wait()
+//     returns (at the executor's destruction), so the transport may read it
+//     asynchronously without copying.
+//
+// Optional members, called when present:
+//   t.begin_step()    before the first instruction of a step
+//   t.finish_step()   after the last one: a transport may synchronise here
+//                     and must throw pipeline_aborted if another rank failed
+//                     during the step, so that every rank's step() throws
+//
+// Errors: a transport throws transport_timeout (naming the instruction it was
+// waiting on, via format_action), transport_error (a matched send and receive
+// disagree) or pipeline_aborted. The executor then calls abort() with the
+// error, so the other ranks stop too.
+// ---------------------------------------------------------------------------
+
+template <class T>
+concept pipeline_transport =
+    requires(T& t, const T& ct, const instruction& i, const typename T::tensor_type& out,
+             typename T::tensor_type& in, std::string_view why) {
+      typename T::tensor_type;
+      { ct.rank() } -> std::convertible_to<int>;
+      { ct.ranks() } -> std::convertible_to<int>;
+      t.post_send(i, out);
+      t.post_recv(i, in);
+      t.commit();
+      { t.abort(why) } noexcept;
+    };
+
+// commit() returns a ticket: the batch may still be running when it returns.
+template <class T>
+concept transport_with_deferred_completion =
+    pipeline_transport<T> && !std::is_void_v<decltype(std::declval<T&>().commit())> &&
+    requires(T& t, const decltype(std::declval<T&>().commit())& ticket) {
+      { t.complete(ticket) } -> std::convertible_to<bool>;
+      t.wait(ticket);
+    };
+
+template <class T>
+concept transport_with_begin_step = requires(T& t) { t.begin_step(); };
+
+template <class T>
+concept transport_with_finish_step = requires(T& t) { t.finish_step(); };
+
+// The same requirements, each failing as a sentence.
+template <class T>
+consteval bool check_pipeline_transport() {
+  static_assert(requires { typename T::tensor_type; },
+                "dualpipe: the transport type needs a member type tensor_type (the buffers it "
+                "moves)");
+  if constexpr (requires { typename T::tensor_type; }) {
+    static_assert(requires(const T& t) {
+                    { t.rank() } -> std::convertible_to<int>;
+                    { t.ranks() } -> std::convertible_to<int>;
+                  },
+                  "dualpipe: the transport type needs const members rank() and ranks()");
+    static_assert(requires(T& t, const instruction& i, const typename T::tensor_type& out) {
+                    t.post_send(i, out);
+                  },
+                  "dualpipe: the transport type needs a member post_send(const instruction&, "
+                  "const tensor_type&)");
+    static_assert(requires(T& t, const instruction& i, typename T::tensor_type& in) {
+                    t.post_recv(i, in);
+                  },
+                  "dualpipe: the transport type needs a member post_recv(const instruction&, "
+                  "tensor_type&)");
+    static_assert(requires(T& t) { t.commit(); },
+                  "dualpipe: the transport type needs a member commit()");
+    static_assert(requires(T& t, std::string_view why) {
+                    { t.abort(why) } noexcept;
+                  },
+                  "dualpipe: the transport type needs a noexcept member abort(std::string_view)");
+    if constexpr (requires(T& t) { t.commit(); }) {
+      if constexpr (!std::is_void_v<decltype(std::declval<T&>().commit())>)
+        static_assert(transport_with_deferred_completion<T>,
+                      "dualpipe: a transport whose commit() returns a ticket needs members "
+                      "complete(ticket) -> bool and wait(ticket)");
+    }
+  }
+  return pipeline_transport<T>;
+}
+
+}  // namespace dualpipe
