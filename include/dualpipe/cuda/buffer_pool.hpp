@@ -1,7 +1,8 @@
 // A pool of device buffers recycled by events, so that a pipeline step does
 // no cudaMalloc after warm-up and the host never waits for the GPU to reuse
 // memory: a buffer handed back is re-issued only once the events recorded
-// after its last uses (on every stream that touched it) have completed.
+// after its last uses (on every stream that touched it) have completed, or at
+// once to work on the one stream that used it last (stream order suffices).
 //
 // One pool per rank and host thread: it is not thread-safe. Handles must not
 // outlive their pool.
@@ -108,7 +109,10 @@ class buffer_pool {
       slot& s = *slots_[i];
       if (s.state == slot_state::in_use || s.memory.size() != size) continue;
       if (s.state == slot_state::pending) {
-        if (!s.completed()) continue;
+        // Work enqueued later on the same stream runs after the last uses,
+        // so a buffer last used only on `stream` is reusable at once, as with
+        // a stream-ordered allocator; otherwise its events must have completed.
+        if (!s.only_on(stream) && !s.completed()) continue;
         s.state = slot_state::free;
       }
       found = i;
@@ -153,6 +157,11 @@ class buffer_pool {
     std::size_t recorded = 0;
     slot_state state = slot_state::free;
 
+    cudaStream_t last_stream = nullptr;  // the stream of the last loan, if it was one
+
+    [[nodiscard]] bool only_on(cudaStream_t stream) const noexcept {
+      return recorded == 1 && last_stream == stream;
+    }
     [[nodiscard]] bool completed() {
       for (std::size_t i = 0; i < recorded; ++i)
         if (!done[i].query()) return false;
@@ -167,6 +176,7 @@ class buffer_pool {
       while (s.done.size() < streams.size()) s.done.emplace_back();
       for (std::size_t i = 0; i < streams.size(); ++i) s.done[i].record(streams[i]);
       s.recorded = streams.size();
+      s.last_stream = streams.size() == 1 ? streams[0] : nullptr;
       s.state = slot_state::pending;
     } catch (...) {
       // The GPU may still be using the memory and no event says when it

@@ -48,6 +48,18 @@ class device_buffer {
   }
   ~device_buffer() { release(); }
 
+  // Makes the buffer hold `size` elements, reallocating only when the size
+  // changes; the contents are not kept. Pipeline buffers change size only in
+  // the first step, so later steps never reach cudaMalloc here. (cudaFree of
+  // the old memory waits for the device: a first-step cost only.)
+  void resize(std::size_t size) {
+    if (size == size_) return;
+    device_buffer fresh(size);
+    *this = std::move(fresh);
+  }
+
+  using value_type = T;
+
   [[nodiscard]] T* data() noexcept { return data_; }
   [[nodiscard]] const T* data() const noexcept { return data_; }
   [[nodiscard]] std::size_t size() const noexcept { return size_; }

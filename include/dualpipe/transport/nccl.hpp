@@ -9,6 +9,10 @@
 
 #include <array>
 #include <chrono>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <type_traits>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
@@ -23,7 +27,14 @@
 #include <utility>
 #include <vector>
 
+#include "dualpipe/cuda/device_tensor.hpp"
 #include "dualpipe/cuda/error.hpp"
+#include "dualpipe/cuda/event.hpp"
+#include "dualpipe/cuda/stream.hpp"
+#include "dualpipe/runtime/errors.hpp"
+#include "dualpipe/schedule/action_syntax.hpp"
+#include "dualpipe/schedule/instruction.hpp"
+#include "dualpipe/transport/transport.hpp"
 
 namespace dualpipe::nccl {
 
@@ -244,4 +255,267 @@ class communicator {
   bool owned_ = false;
 };
 
+namespace detail {
+
+// NCCL's element type for T; bytes for anything else (half, bfloat16, user
+// structs): the count is then multiplied by sizeof(T).
+template <class T>
+struct nccl_type {
+  static constexpr ncclDataType_t type = ncclUint8;
+  static constexpr std::size_t scale = sizeof(T);
+};
+template <> struct nccl_type<float> { static constexpr ncclDataType_t type = ncclFloat32; static constexpr std::size_t scale = 1; };
+template <> struct nccl_type<double> { static constexpr ncclDataType_t type = ncclFloat64; static constexpr std::size_t scale = 1; };
+template <> struct nccl_type<std::int32_t> { static constexpr ncclDataType_t type = ncclInt32; static constexpr std::size_t scale = 1; };
+template <> struct nccl_type<std::int64_t> { static constexpr ncclDataType_t type = ncclInt64; static constexpr std::size_t scale = 1; };
+
+}  // namespace detail
 }  // namespace dualpipe::nccl
+
+namespace dualpipe {
+
+// ---------------------------------------------------------------------------
+// The NCCL transport: one pipeline rank's endpoint, one rank per GPU. Each
+// commit becomes one ncclGroupStart/End group of ncclSend/ncclRecv, posted in
+// the table's order (which validate() proved cannot deadlock under the
+// blocking protocol), on the rank's communication stream:
+//   - the communication stream first waits on an event recorded on the
+//     compute stream, so sends read buffers the compute has finished;
+//   - the compute stream then waits on an event recorded after the group, so
+//     compute after the commit sees the received buffers: the reference's
+//     batch_isend_irecv + wait, with the host never blocking;
+//   - commit() returns a ticket (that event) which the executor polls before
+//     it reuses the sent buffers.
+// NCCL needs the receive size up front: every message holds
+// `message_elements` elements (the activation of one micro-batch at a stage
+// boundary, as the reference's fixed P2P tensor shape).
+//
+// NCCL does not allow two ranks of one communicator on one GPU: for several
+// pipeline ranks on one GPU use device_local_transport.
+template <cuda::device_tensor Tensor>
+class nccl_transport {
+ public:
+  using tensor_type = Tensor;
+  using value_type = typename Tensor::value_type;
+
+  struct ticket {
+    std::size_t slot = std::numeric_limits<std::size_t>::max();  // none: empty commit
+    std::uint64_t generation = 0;
+  };
+
+  // `comm` is borrowed and must outlive the transport: the user's own
+  // communicator or one made by nccl::communicator. `rank_mapping[p]` is the
+  // communicator rank of pipeline rank p (as the reference's rank_mapping);
+  // empty means pipeline rank p is communicator rank p. `compute` is the
+  // stream this rank's stages enqueue on.
+  nccl_transport(ncclComm_t comm, int pipeline_rank, int pipeline_ranks, cudaStream_t compute,
+                 std::size_t message_elements, std::vector<int> rank_mapping = {})
+      : comm_(comm),
+        rank_(pipeline_rank),
+        ranks_(pipeline_ranks),
+        compute_(compute),
+        message_elements_(message_elements),
+        mapping_(std::move(rank_mapping)),
+        stream_(cuda::stream::priority_range().second) {
+    if (comm == nullptr)
+      throw std::invalid_argument("dualpipe::nccl_transport: the communicator is null");
+    if (pipeline_ranks < 1 || pipeline_rank < 0 || pipeline_rank >= pipeline_ranks)
+      throw std::invalid_argument("dualpipe::nccl_transport: pipeline rank " +
+                                  std::to_string(pipeline_rank) + " is outside 0.." +
+                                  std::to_string(pipeline_ranks - 1));
+    if (message_elements == 0)
+      throw std::invalid_argument(
+          "dualpipe::nccl_transport: message_elements must be the element count of one message "
+          "(NCCL needs the receive size before the data arrives)");
+    int comm_size = 0;
+    DUALPIPE_NCCL_CHECK(ncclCommCount(comm_, &comm_size));
+    int comm_rank = 0;
+    DUALPIPE_NCCL_CHECK(ncclCommUserRank(comm_, &comm_rank));
+    if (mapping_.empty()) {
+      if (comm_size < pipeline_ranks)
+        throw std::invalid_argument("dualpipe::nccl_transport: " + std::to_string(pipeline_ranks) +
+                                    " pipeline ranks do not fit a communicator of " +
+                                    std::to_string(comm_size) + " ranks; pass a rank mapping");
+      for (int p = 0; p < pipeline_ranks; ++p) mapping_.push_back(p);
+    }
+    if (static_cast<int>(mapping_.size()) != pipeline_ranks)
+      throw std::invalid_argument("dualpipe::nccl_transport: the rank mapping has " +
+                                  std::to_string(mapping_.size()) + " entries for " +
+                                  std::to_string(pipeline_ranks) + " pipeline ranks");
+    for (std::size_t p = 0; p < mapping_.size(); ++p)
+      if (mapping_[p] < 0 || mapping_[p] >= comm_size)
+        throw std::invalid_argument("dualpipe::nccl_transport: pipeline rank " +
+                                    std::to_string(p) + " maps to communicator rank " +
+                                    std::to_string(mapping_[p]) + ", outside 0.." +
+                                    std::to_string(comm_size - 1));
+    if (mapping_[static_cast<std::size_t>(pipeline_rank)] != comm_rank)
+      throw std::invalid_argument("dualpipe::nccl_transport: pipeline rank " +
+                                  std::to_string(pipeline_rank) + " maps to communicator rank " +
+                                  std::to_string(mapping_[static_cast<std::size_t>(pipeline_rank)]) +
+                                  " but this process is communicator rank " +
+                                  std::to_string(comm_rank));
+  }
+
+  nccl_transport(const nccl_transport&) = delete;
+  nccl_transport& operator=(const nccl_transport&) = delete;
+  nccl_transport(nccl_transport&&) = delete;
+  nccl_transport& operator=(nccl_transport&&) = delete;
+  ~nccl_transport() {
+    try {
+      stream_.synchronize();  // sent buffers are freed by their owner after this
+    } catch (...) {
+      // A failed device cannot be waited for; nothing more to do here.
+    }
+  }
+
+  [[nodiscard]] int rank() const noexcept { return rank_; }
+  [[nodiscard]] int ranks() const noexcept { return ranks_; }
+  [[nodiscard]] cudaStream_t compute_stream() const noexcept { return compute_; }
+  [[nodiscard]] cudaStream_t communication_stream() const noexcept { return stream_.get(); }
+  [[nodiscard]] int communicator_rank(int pipeline_rank) const {
+    return mapping_.at(static_cast<std::size_t>(pipeline_rank));
+  }
+
+  void post_send(const instruction& i, const Tensor& buffer) {
+    check_posted(i, is_send(i.kind), "post_send takes a SEND_F or SEND_B instruction");
+    if (static_cast<std::size_t>(buffer.size()) != message_elements_)
+      throw transport_error(rank_, "rank " + std::to_string(rank_) + ": " + format_action(i) +
+                                       " sends " + std::to_string(buffer.size()) +
+                                       " elements; every message holds " +
+                                       std::to_string(message_elements_));
+    posted_.push_back({i, buffer.data(), nullptr});
+  }
+  void post_recv(const instruction& i, Tensor& buffer) {
+    check_posted(i, is_recv(i.kind), "post_recv takes a RECV_F or RECV_B instruction");
+    posted_.push_back({i, nullptr, &buffer});
+  }
+
+  [[nodiscard]] ticket commit() {
+    struct clear_posted {
+      std::vector<posted>& p;
+      ~clear_posted() { p.clear(); }
+    } clear{posted_};
+    if (aborted_)
+      throw pipeline_aborted(rank_, rank_, why_,
+                             "rank " + std::to_string(rank_) + " stopped at a commit: " + why_);
+    if (posted_.empty()) return {};
+    // Receive buffers get their size before the group (first step only).
+    for (posted& p : posted_)
+      if (p.target != nullptr && static_cast<std::size_t>(p.target->size()) != message_elements_)
+        p.target->resize(message_elements_);
+    ready_.record(compute_);
+    stream_.wait(ready_);
+    using type = nccl::detail::nccl_type<value_type>;
+    DUALPIPE_NCCL_CHECK(ncclGroupStart());
+    try {
+      for (const posted& p : posted_) {
+        const int peer = mapping_[static_cast<std::size_t>(p.at.peer)];
+        const std::size_t count = message_elements_ * type::scale;
+        if (p.target == nullptr)
+          DUALPIPE_NCCL_CHECK(ncclSend(p.source, count, type::type, peer, comm_, stream_.get()));
+        else
+          DUALPIPE_NCCL_CHECK(
+              ncclRecv(p.target->data(), count, type::type, peer, comm_, stream_.get()));
+      }
+    } catch (...) {
+      (void)ncclGroupEnd();  // close the group before reporting
+      throw;
+    }
+    DUALPIPE_NCCL_CHECK(ncclGroupEnd());
+    const std::size_t slot = free_slot();
+    slots_[slot]->done.record(stream_.get());
+    DUALPIPE_CUDA_CHECK(cudaStreamWaitEvent(compute_, slots_[slot]->done.get(), 0));
+    return {slot, slots_[slot]->generation};
+  }
+
+  [[nodiscard]] bool complete(const ticket& t) {
+    if (t.slot == std::numeric_limits<std::size_t>::max()) return true;
+    const auto& s = *slots_[t.slot];
+    if (s.generation != t.generation || !s.busy) return true;  // seen complete and reused
+    return s.done.query();
+  }
+  void wait(const ticket& t) {
+    if (t.slot == std::numeric_limits<std::size_t>::max()) return;
+    const auto& s = *slots_[t.slot];
+    if (s.generation != t.generation || !s.busy) return;
+    s.done.synchronize();
+  }
+
+  // NCCL has no way to tell peers: a multi-process job's launcher ends the
+  // job as on any NCCL failure. This endpoint refuses further commits.
+  void abort(std::string_view why) noexcept {
+    aborted_ = true;
+    try {
+      why_ = std::string(why);
+    } catch (...) {
+      why_.clear();
+    }
+    posted_.clear();
+  }
+
+  // Reports an asynchronous NCCL failure (a peer died, a network error)
+  // without synchronising.
+  void finish_step() {
+    ncclResult_t async = ncclSuccess;
+    DUALPIPE_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async));
+    if (async != ncclSuccess && async != ncclInProgress)
+      nccl::detail::throw_nccl_error(async, "ncclCommGetAsyncError(comm) after the step",
+                                     __FILE__, __LINE__);
+  }
+
+ private:
+  struct posted {
+    instruction at;
+    const value_type* source;  // sends
+    Tensor* target;            // receives
+  };
+  struct completion_slot {
+    cuda::event done;
+    std::uint64_t generation = 0;
+    bool busy = false;
+  };
+
+  void check_posted(const instruction& i, bool kind_ok, const char* what) const {
+    if (!kind_ok)
+      throw transport_error(rank_, "rank " + std::to_string(rank_) + ": " + what + ", got " +
+                                       format_action(i));
+    if (i.peer < 0 || i.peer >= ranks_ || i.peer == rank_)
+      throw transport_error(rank_, "rank " + std::to_string(rank_) + ": " + format_action(i) +
+                                       " names peer " + std::to_string(i.peer) +
+                                       ", which is not another of the " + std::to_string(ranks_) +
+                                       " pipeline ranks");
+  }
+
+  // A completion event whose previous batch has finished (or a new one:
+  // warm-up only).
+  std::size_t free_slot() {
+    for (std::size_t k = 0; k < slots_.size(); ++k) {
+      auto& s = *slots_[k];
+      if (s.busy) {
+        if (!s.done.query()) continue;
+        s.busy = false;
+        ++s.generation;
+      }
+      s.busy = true;
+      return k;
+    }
+    slots_.push_back(std::make_unique<completion_slot>());
+    slots_.back()->busy = true;
+    return slots_.size() - 1;
+  }
+
+  ncclComm_t comm_;
+  int rank_;
+  int ranks_;
+  cudaStream_t compute_;
+  std::size_t message_elements_;
+  std::vector<int> mapping_;
+  cuda::stream stream_;
+  cuda::event ready_;
+  std::vector<std::unique_ptr<completion_slot>> slots_;
+  std::vector<posted> posted_;
+  bool aborted_ = false;
+  std::string why_;
+};
+
+}  // namespace dualpipe
