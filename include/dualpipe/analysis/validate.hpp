@@ -342,8 +342,12 @@ struct validator {
             st.batch_launched = true;
             progressed = true;
           }
+          // Compute may sit between posts and their commit: only the posted
+          // sends/receives have partners to wait for.
           for (int j = st.batch_begin; j < i; ++j)
-            if (!launched[static_cast<std::size_t>(partner[global(r, j)])]) return true;
+            if (is_communication(list[static_cast<std::size_t>(j)].kind) &&
+                !launched[static_cast<std::size_t>(partner[global(r, j)])])
+              return true;
           for (int j = st.batch_begin; j < i; ++j) {
             const instruction& c = list[static_cast<std::size_t>(j)];
             if (c.kind == op::recv_forward) input_received[key(c.stage, c.microbatch)] = 1;
@@ -449,6 +453,7 @@ struct validator {
         const instruction& x = list[static_cast<std::size_t>(st.pc)];
         if (x.kind == op::commit) {
           for (int j = st.batch_begin; j < st.pc; ++j) {
+            if (!is_communication(list[static_cast<std::size_t>(j)].kind)) continue;
             const auto p = static_cast<std::size_t>(partner[global(r, j)]);
             if (!launched[p]) {
               int peer_rank = 0;
