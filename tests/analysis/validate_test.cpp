@@ -72,9 +72,12 @@ class editable_table {
   void erase(int r, int i) { (*this)[r].erase((*this)[r].begin() + i); }
   void insert(int r, int i, const instruction& x) { (*this)[r].insert((*this)[r].begin() + i, x); }
   void swap(int r, int i, int j) {
-    std::swap((*this)[r].at(static_cast<std::size_t>(i)), (*this)[r].at(static_cast<std::size_t>(j)));
+    std::swap((*this)[r].at(static_cast<std::size_t>(i)),
+              (*this)[r].at(static_cast<std::size_t>(j)));
   }
-  void replace(int r, int i, const instruction& x) { (*this)[r].at(static_cast<std::size_t>(i)) = x; }
+  void replace(int r, int i, const instruction& x) {
+    (*this)[r].at(static_cast<std::size_t>(i)) = x;
+  }
 
   schedule_table build() const {
     schedule_table t(info_);
@@ -147,8 +150,8 @@ TEST_CASE("a dropped forward", "[validate]") {
   SECTION("forward-only: nothing waits for the last stage, so it is simply missing") {
     auto t = dualpipe_4_8(inference_compute_only);
     t.erase(3, t.find(3, dualpipe::make_forward(3, 3)));
-    check_violation(validate_edited(t), {rule::missing, 3, -1, std::nullopt,
-                                         dualpipe::make_forward(3, 3), 3});
+    check_violation(validate_edited(t),
+                    {rule::missing, 3, -1, std::nullopt, dualpipe::make_forward(3, 3), 3});
   }
   SECTION("with communication: the send of its output comes first") {
     auto t = dualpipe_4_8(training);
@@ -183,7 +186,8 @@ TEST_CASE("a duplicated forward or backward", "[validate]") {
     // Rank 1: ... 2B0 (2F2;1B0) ... -> make 2B0's successor repeat 2B0's backward.
     const int i = t.find(1, dualpipe::make_overlapped(2, 2, 1, 0));
     t.replace(1, i, dualpipe::make_overlapped(2, 2, 2, 0));
-    check_violation(validate_edited(t), {rule::duplicate, 1, i, dualpipe::make_overlapped(2, 2, 2, 0)});
+    check_violation(validate_edited(t),
+                    {rule::duplicate, 1, i, dualpipe::make_overlapped(2, 2, 2, 0)});
   }
 }
 
@@ -205,19 +209,22 @@ TEST_CASE("weight gradients out of FIFO order", "[validate]") {
     const int w = t.find(1, dualpipe::make_backward_weight(2, 7));
     REQUIRE(t.at(1, w + 1) == dualpipe::make_backward_weight(1, 3));
     t.swap(1, w, w + 1);
-    check_violation(validate_edited(t), {rule::weight_order, 1, w, dualpipe::make_backward_weight(1, 3),
-                                         dualpipe::make_backward_weight(2, 7), 1});
+    check_violation(validate_edited(t),
+                    {rule::weight_order, 1, w, dualpipe::make_backward_weight(1, 3),
+                     dualpipe::make_backward_weight(2, 7), 1});
   }
   SECTION("DualPipeV: two W swapped") {
     auto t = dualpipev_2_4(compute_only);
     t.swap(1, 13, 14);  // 2W3 1W3, counted by hand in the reference order test
-    check_violation(validate_edited(t), {rule::weight_order, 1, 13, dualpipe::make_backward_weight(1, 3),
-                                         dualpipe::make_backward_weight(2, 3), 1});
+    check_violation(validate_edited(t),
+                    {rule::weight_order, 1, 13, dualpipe::make_backward_weight(1, 3),
+                     dualpipe::make_backward_weight(2, 3), 1});
   }
   SECTION("a W with nothing deferred") {
     auto t = dualpipe_4_8(compute_only);
     t.insert(0, 0, dualpipe::make_backward_weight(0, 0));
-    check_violation(validate_edited(t), {rule::weight_order, 0, 0, dualpipe::make_backward_weight(0, 0)});
+    check_violation(validate_edited(t),
+                    {rule::weight_order, 0, 0, dualpipe::make_backward_weight(0, 0)});
   }
 }
 
@@ -233,8 +240,9 @@ TEST_CASE("an instruction on the wrong rank", "[validate]") {
     auto t = dualpipe_4_8(compute_only);
     const int i = t.find(0, dualpipe::make_overlapped(0, 3, 3, 5));
     t.replace(0, i, dualpipe::make_overlapped(0, 3, 2, 5));  // stage 2, mb 5 runs on rank 1
-    check_violation(validate_edited(t), {rule::wrong_rank, 0, i, dualpipe::make_overlapped(0, 3, 2, 5),
-                                         dualpipe::make_backward(2, 5), 1});
+    check_violation(validate_edited(t),
+                    {rule::wrong_rank, 0, i, dualpipe::make_overlapped(0, 3, 2, 5),
+                     dualpipe::make_backward(2, 5), 1});
   }
   SECTION("DualPipeV: the mirror stage of another rank") {
     auto t = dualpipev_2_4(compute_only);
@@ -250,7 +258,8 @@ TEST_CASE("communication with the wrong peer", "[validate]") {
     const instruction send = comm(op::send_forward, 1, 0, 2);
     const int i = t.find(1, send);
     t.replace(1, i, comm(op::send_forward, 1, 0, 3));
-    check_violation(validate_edited(t), {rule::wrong_peer, 1, i, comm(op::send_forward, 1, 0, 3), send, 1});
+    check_violation(validate_edited(t),
+                    {rule::wrong_peer, 1, i, comm(op::send_forward, 1, 0, 3), send, 1});
   }
   SECTION("a send past the last stage") {
     auto t = dualpipe_4_8(training);
@@ -340,10 +349,10 @@ TEST_CASE("the final commit removed", "[validate]") {
 }
 
 TEST_CASE("backward work in a forward-only table", "[validate]") {
-  const instruction intruders[] = {dualpipe::make_backward(1, 4), dualpipe::make_backward_input(1, 4),
-                                   dualpipe::make_backward_weight(1, 4),
-                                   dualpipe::make_overlapped(1, 5, 1, 4),
-                                   comm(op::send_backward, 1, 4, 3), comm(op::recv_backward, 1, 4, 1)};
+  const instruction intruders[] = {
+      dualpipe::make_backward(1, 4),        dualpipe::make_backward_input(1, 4),
+      dualpipe::make_backward_weight(1, 4), dualpipe::make_overlapped(1, 5, 1, 4),
+      comm(op::send_backward, 1, 4, 3),     comm(op::recv_backward, 1, 4, 1)};
   for (const instruction& x : intruders) {
     INFO(text(x));
     auto t = dualpipe_4_8(inference);
@@ -354,12 +363,12 @@ TEST_CASE("backward work in a forward-only table", "[validate]") {
 
 TEST_CASE("stages, micro-batches and kinds outside the table", "[validate]") {
   const instruction intruders[] = {
-      dualpipe::make_forward(4, 0),                   // 4 stages: 0..3
-      dualpipe::make_forward(-1, 0),                  //
-      dualpipe::make_backward(1, 8),                  // 8 micro-batches: 0..7
-      dualpipe::make_forward(1, -1),                  //
-      dualpipe::make_overlapped(1, 4, 1, 99),         // the backward half
-      comm(op::send_forward, 7, 0, 3),                //
+      dualpipe::make_forward(4, 0),                        // 4 stages: 0..3
+      dualpipe::make_forward(-1, 0),                       //
+      dualpipe::make_backward(1, 8),                       // 8 micro-batches: 0..7
+      dualpipe::make_forward(1, -1),                       //
+      dualpipe::make_overlapped(1, 4, 1, 99),              // the backward half
+      comm(op::send_forward, 7, 0, 3),                     //
       instruction{static_cast<op>(42), 1, 4, -1, -1, -1},  // no such kind
   };
   for (const instruction& x : intruders) {
@@ -425,15 +434,15 @@ TEST_CASE("a missing backward or weight gradient", "[validate]") {
     auto t = dualpipe_4_8(compute_only);
     REQUIRE(t[1].back() == dualpipe::make_backward_weight(1, 3));
     t[1].pop_back();
-    check_violation(validate_edited(t), {rule::missing, 1, -1, std::nullopt,
-                                         dualpipe::make_backward_weight(1, 3), 1});
+    check_violation(validate_edited(t),
+                    {rule::missing, 1, -1, std::nullopt, dualpipe::make_backward_weight(1, 3), 1});
   }
   SECTION("I and its W") {
     auto t = dualpipe_4_8(compute_only);
     t.erase(0, t.find(0, dualpipe::make_backward_input(0, 3)));
     t.erase(0, t.find(0, dualpipe::make_backward_weight(0, 3)));
-    check_violation(validate_edited(t), {rule::missing, 0, -1, std::nullopt,
-                                         dualpipe::make_backward(0, 3), 0});
+    check_violation(validate_edited(t),
+                    {rule::missing, 0, -1, std::nullopt, dualpipe::make_backward(0, 3), 0});
   }
 }
 
@@ -460,8 +469,8 @@ TEST_CASE("describe() reads as one sentence naming rank, action and expectation"
 // bounds there (a compile error in a static_assert, garbage at run time).
 namespace {
 
-constexpr dualpipe::schedule_info two_rank_inference{dualpipe::schedule_kind::custom, 2, 2, 2,
-                                                     dualpipe::placement::linear, true, true};
+constexpr dualpipe::schedule_info two_rank_inference{dualpipe::schedule_kind::custom, 2,    2,   2,
+                                                     dualpipe::placement::linear,     true, true};
 
 // Rank 0: F0, post its send, F1 inside the open batch, post, commit.
 // Rank 1: receive 0, commit, F, receive 1, commit, F.

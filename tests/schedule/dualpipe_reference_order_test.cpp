@@ -96,7 +96,9 @@ class reference_rank {
     return v_ ? 2 * P_ - 1 - r_ : P_ - 1 - r_;
   }
   // DualPipe: micro-batches N/2.. enter at the last rank (direction 1).
-  int microbatch(int dir, int ordinal) const { return (!v_ && dir == 1) ? N_ / 2 + ordinal : ordinal; }
+  int microbatch(int dir, int ordinal) const {
+    return (!v_ && dir == 1) ? N_ / 2 + ordinal : ordinal;
+  }
 
   static std::string text(int s, char kind, int m) {
     return std::to_string(s) + kind + std::to_string(m);
@@ -178,9 +180,9 @@ std::string first_difference(const action_list& got, const action_list& expected
       s += (j == i ? "[" + l[j] + "]" : l[j]) + " ";
     return s;
   };
-  return "first difference at index " + std::to_string(i) + " (got " +
-         std::to_string(got.size()) + " actions, expected " + std::to_string(expected.size()) +
-         ")\n  got:      ..." + around(got) + "\n  expected: ..." + around(expected);
+  return "first difference at index " + std::to_string(i) + " (got " + std::to_string(got.size()) +
+         " actions, expected " + std::to_string(expected.size()) + ")\n  got:      ..." +
+         around(got) + "\n  expected: ..." + around(expected);
 }
 
 struct config {
@@ -208,11 +210,14 @@ dualpipe::schedule_table generate(const config& c, bool forward_only, bool with_
                    : dualpipe::schedules::dualpipe(c.P, c.N, o);
 }
 
-const char* name_of(const config& c) { return c.v_shape ? "DualPipeV" : "DualPipe"; }
+const char* name_of(const config& c) {
+  return c.v_shape ? "DualPipeV" : "DualPipe";
+}
 
 }  // namespace
 
-TEST_CASE("the independent derivation reproduces the brief's step counts", "[dualpipe][reference]") {
+TEST_CASE("the independent derivation reproduces the brief's step counts",
+          "[dualpipe][reference]") {
   // Hand-checked against the eight steps for DualPipe P=4 N=8 rank 0:
   // h=2, k=0: 2 F0, then F0 F1, then I1 W F1, one pair of overlaps, B1 +
   // overlap, B1 B0 with B0 deferred (k even: switch after B1), W I0, W.
@@ -243,13 +248,16 @@ TEST_CASE("DualPipe and DualPipeV compute order equals the reference procedure",
   for (const config& c : all_configs())
     for (const bool forward_only : {false, true}) {
       const auto table = generate(c, forward_only, false);
-      INFO(name_of(c) << " P=" << c.P << " N=" << c.N << (forward_only ? " forward-only" : " training"));
+      INFO(name_of(c) << " P=" << c.P << " N=" << c.N
+                      << (forward_only ? " forward-only" : " training"));
       const auto& info = table.info();
-      CHECK(info.kind == (c.v_shape ? dualpipe::schedule_kind::dualpipev : dualpipe::schedule_kind::dualpipe));
+      CHECK(info.kind ==
+            (c.v_shape ? dualpipe::schedule_kind::dualpipev : dualpipe::schedule_kind::dualpipe));
       CHECK(info.ranks == c.P);
       CHECK(info.stages == (c.v_shape ? 2 * c.P : c.P));
       CHECK(info.microbatches == c.N);
-      CHECK(info.where == (c.v_shape ? dualpipe::placement::v_shape : dualpipe::placement::mirrored));
+      CHECK(info.where ==
+            (c.v_shape ? dualpipe::placement::v_shape : dualpipe::placement::mirrored));
       CHECK(info.forward_only == forward_only);
       CHECK_FALSE(info.with_communication);
       REQUIRE(table.ranks_built() == c.P);
@@ -268,7 +276,8 @@ TEST_CASE("tables with communication validate and keep the reference's compute o
   for (const config& c : all_configs())
     for (const bool forward_only : {false, true}) {
       const auto table = generate(c, forward_only, true);
-      INFO(name_of(c) << " P=" << c.P << " N=" << c.N << (forward_only ? " forward-only" : " training"));
+      INFO(name_of(c) << " P=" << c.P << " N=" << c.N
+                      << (forward_only ? " forward-only" : " training"));
       CHECK(table.info().with_communication);
       const auto v = dualpipe::validate(table);
       INFO(dualpipe::describe(v));
@@ -303,8 +312,10 @@ TEST_CASE("tables with communication validate and keep the reference's compute o
         const int recvs_f = per_direction * neighbours;
         CHECK(counts[static_cast<int>(dualpipe::op::send_forward)] == sends_f);
         CHECK(counts[static_cast<int>(dualpipe::op::recv_forward)] == recvs_f);
-        CHECK(counts[static_cast<int>(dualpipe::op::send_backward)] == (forward_only ? 0 : recvs_f));
-        CHECK(counts[static_cast<int>(dualpipe::op::recv_backward)] == (forward_only ? 0 : sends_f));
+        CHECK(counts[static_cast<int>(dualpipe::op::send_backward)] ==
+              (forward_only ? 0 : recvs_f));
+        CHECK(counts[static_cast<int>(dualpipe::op::recv_backward)] ==
+              (forward_only ? 0 : sends_f));
       }
     }
 }
@@ -322,8 +333,8 @@ TEST_CASE("DualPipe P=4 N=8 rank 1 posts and commits exactly as the reference",
       // step 2, i=1: the last phase-1 forward keeps its send for step 4.
       "COMMIT", "1F1", "1SEND_F1@2", "1RECV_F2@0", "2RECV_F5@2", "COMMIT", "2F5",
       // step 4, i=0, middle rank: F0 then B1, not overlapped; nothing posted before F0.
-      "1F2", "2SEND_F5@0", "2RECV_B4@0", "COMMIT", "2B4", "1SEND_F2@2", "2SEND_B4@2",
-      "2RECV_F6@2", "1RECV_B0@2", "COMMIT", "(2F6;1B0)OVERLAP_F_B", "2SEND_F6@0", "1SEND_B0@0",
+      "1F2", "2SEND_F5@0", "2RECV_B4@0", "COMMIT", "2B4", "1SEND_F2@2", "2SEND_B4@2", "2RECV_F6@2",
+      "1RECV_B0@2", "COMMIT", "(2F6;1B0)OVERLAP_F_B", "2SEND_F6@0", "1SEND_B0@0",
       // step 4, i=1.
       "1RECV_F3@0", "2RECV_B5@0", "COMMIT", "(1F3;2B5)OVERLAP_F_B", "1SEND_F3@2", "2SEND_B5@2",
       "2RECV_F7@2", "1RECV_B1@2", "COMMIT", "(2F7;1B1)OVERLAP_F_B", "2SEND_F7@0", "1SEND_B1@0",
@@ -342,22 +353,21 @@ TEST_CASE("DualPipeV P=2 N=4 last rank posts and commits exactly as the referenc
   // hands its output to stage 2 locally; stage 2 sends to stage 3 on rank 0
   // and gets its gradient back from there; stage 1's gradient comes from
   // stage 2 locally and goes to rank 0.
-  const action_list expected = {
-      // step 2, i=0 and i=1.
-      "1RECV_F0@0", "COMMIT", "1F0", "1RECV_F1@0", "COMMIT", "2F0", "2SEND_F0@0", "COMMIT", "1F1",
-      "1RECV_F2@0", "COMMIT", "2F1",
-      // step 4, i=0, last rank: F0 then B1, then the overlapped (F1 & B0)
-      // whose inputs are local, so nothing is committed before it.
-      "1F2", "2SEND_F1@0", "2RECV_B0@0", "COMMIT", "2B0", "(2F2;1B0)OVERLAP_F_B", "2SEND_F2@0",
-      "1SEND_B0@0",
-      // step 4, i=1.
-      "1RECV_F3@0", "2RECV_B1@0", "COMMIT", "(1F3;2B1)OVERLAP_F_B", "(2F3;1B1)OVERLAP_F_B",
-      "2SEND_F3@0", "1SEND_B1@0",
-      // step 6 (k=1 odd: iteration 1 defers both).
-      "2RECV_B2@0", "COMMIT", "2B2", "1B2", "1SEND_B2@0", "2RECV_B3@0", "COMMIT", "2I3", "1I3",
-      "1SEND_B3@0",
-      // step 8.
-      "COMMIT", "2W3", "1W3"};
+  // step 2, i=0 and i=1.
+  const action_list expected = {"1RECV_F0@0", "COMMIT", "1F0", "1RECV_F1@0", "COMMIT", "2F0",
+                                "2SEND_F0@0", "COMMIT", "1F1", "1RECV_F2@0", "COMMIT", "2F1",
+                                // step 4, i=0, last rank: F0 then B1, then the overlapped (F1 & B0)
+                                // whose inputs are local, so nothing is committed before it.
+                                "1F2", "2SEND_F1@0", "2RECV_B0@0", "COMMIT", "2B0",
+                                "(2F2;1B0)OVERLAP_F_B", "2SEND_F2@0", "1SEND_B0@0",
+                                // step 4, i=1.
+                                "1RECV_F3@0", "2RECV_B1@0", "COMMIT", "(1F3;2B1)OVERLAP_F_B",
+                                "(2F3;1B1)OVERLAP_F_B", "2SEND_F3@0", "1SEND_B1@0",
+                                // step 6 (k=1 odd: iteration 1 defers both).
+                                "2RECV_B2@0", "COMMIT", "2B2", "1B2", "1SEND_B2@0", "2RECV_B3@0",
+                                "COMMIT", "2I3", "1I3", "1SEND_B3@0",
+                                // step 8.
+                                "COMMIT", "2W3", "1W3"};
   const auto table = dualpipe::schedules::dualpipev(2, 4);
   CHECK(first_difference(actions_of(table.rank(1), false), expected) == "");
 }

@@ -23,7 +23,8 @@ using dualpipe::schedules::dualpipev_table;
 constexpr generator_options training{};
 constexpr generator_options compute_only{.forward_only = false, .with_communication = false};
 constexpr generator_options inference{.forward_only = true, .with_communication = true};
-constexpr generator_options inference_compute_only{.forward_only = true, .with_communication = false};
+constexpr generator_options inference_compute_only{.forward_only = true,
+                                                   .with_communication = false};
 
 constexpr auto dp_2_4 = dualpipe_table<2, 4>();
 constexpr auto dp_4_8 = dualpipe_table<4, 8>();
@@ -40,8 +41,7 @@ constexpr auto dpv_8_20_compute = dualpipev_table<8, 20, compute_only>();
 // micro-batch of both local stages runs one forward and one B or I; each I
 // has one W; an overlapped pair merges a forward and a backward into one
 // instruction. h, k as in the design brief (DualPipeV: h = P, k = r).
-constexpr std::size_t expected_compute_count(int P, int N, bool v_shape, bool forward_only,
-                                             int r) {
+constexpr std::size_t expected_compute_count(int P, int N, bool v_shape, bool forward_only, int r) {
   const int per_direction = v_shape ? N : N / 2;
   const int h = v_shape ? P : P / 2;
   const int k = v_shape ? r : (r < P - 1 - r ? r : P - 1 - r);
@@ -77,9 +77,15 @@ constexpr std::size_t count_where(const Table& t, int r, bool (*pred)(op)) {
   return n;
 }
 
-constexpr bool compute_kind(op k) { return dualpipe::is_compute(k); }
-constexpr bool communication_kind(op k) { return dualpipe::is_communication(k); }
-constexpr bool commit_kind(op k) { return k == op::commit; }
+constexpr bool compute_kind(op k) {
+  return dualpipe::is_compute(k);
+}
+constexpr bool communication_kind(op k) {
+  return dualpipe::is_communication(k);
+}
+constexpr bool commit_kind(op k) {
+  return k == op::commit;
+}
 
 template <class Table>
 constexpr bool counts_match(const Table& t, bool with_communication) {
@@ -90,9 +96,9 @@ constexpr bool counts_match(const Table& t, bool with_communication) {
         expected_compute_count(i.ranks, i.microbatches, v, i.forward_only, r))
       return false;
     const std::size_t comm = count_where(t, r, communication_kind);
-    if (comm != (with_communication ? expected_communication_count(i.ranks, i.microbatches, v,
-                                                                   i.forward_only, r)
-                                    : 0))
+    if (comm != (with_communication
+                     ? expected_communication_count(i.ranks, i.microbatches, v, i.forward_only, r)
+                     : 0))
       return false;
     if (!with_communication && count_where(t, r, commit_kind) != 0) return false;
   }
@@ -237,15 +243,16 @@ TEST_CASE("invalid (P, N) at run time throws std::invalid_argument naming the co
                                          Contains("(got P=7, N=14)"));
   // N odd.
   CHECK_THROWS_AS(dualpipe(8, 17), std::invalid_argument);
-  CHECK_THROWS_WITH(dualpipe(8, 17),
-                    Contains("needs an even number of micro-batches (N even)") &&
-                        Contains("(got P=8, N=17)"));
+  CHECK_THROWS_WITH(dualpipe(8, 17), Contains("needs an even number of micro-batches (N even)") &&
+                                         Contains("(got P=8, N=17)"));
   // N < 2P.
   CHECK_THROWS_AS(dualpipe(4, 6), std::invalid_argument);
-  CHECK_THROWS_WITH(dualpipe(4, 6), Contains("at least twice as many micro-batches as ranks (N >= 2P)"));
-  CHECK_THROWS_WITH(dualpipev(4, 7),
-                    Contains("DualPipeV needs at least twice as many micro-batches as ranks (N >= 2P)") &&
-                        Contains("(got P=4, N=7)"));
+  CHECK_THROWS_WITH(dualpipe(4, 6),
+                    Contains("at least twice as many micro-batches as ranks (N >= 2P)"));
+  CHECK_THROWS_WITH(
+      dualpipev(4, 7),
+      Contains("DualPipeV needs at least twice as many micro-batches as ranks (N >= 2P)") &&
+          Contains("(got P=4, N=7)"));
   // P < 2.
   CHECK_THROWS_AS(dualpipe(0, 4), std::invalid_argument);
   CHECK_THROWS_WITH(dualpipe(1, 2), Contains("needs at least 2 ranks (P >= 2)"));
@@ -256,7 +263,8 @@ TEST_CASE("invalid (P, N) at run time throws std::invalid_argument naming the co
   CHECK_THROWS_WITH(dualpipe(16386, 40000), Contains("at most 16384 ranks (P <= 16384)"));
   CHECK_THROWS_WITH(dualpipev(1 << 20, 1 << 21), Contains("at most 16384 ranks (P <= 16384)"));
   CHECK_THROWS_WITH(dualpipe(2, 1 << 23), Contains("at most 4194304 micro-batches (N <= 4194304)"));
-  CHECK_THROWS_WITH(dualpipev(2, 4194305), Contains("at most 4194304 micro-batches (N <= 4194304)"));
+  CHECK_THROWS_WITH(dualpipev(2, 4194305),
+                    Contains("at most 4194304 micro-batches (N <= 4194304)"));
 
   // The positive twins of each case.
   CHECK_NOTHROW(dualpipe(8, 16));
