@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Passes when the first ```cpp block of README.md is exactly the example file,
+# so that the code the README shows is the code the test compiles.
+# Usage: same_as_readme.sh README.md examples/readme_example.cpp
+set -euo pipefail
+readme=$1
+example=$2
+block=$(awk '/^```cpp$/ {inside = 1; next} inside && /^```$/ {exit} inside {print}' "$readme")
+if [ -z "$block" ]; then
+  echo "no \`\`\`cpp block in $readme" >&2
+  exit 1
+fi
+if ! diff -u <(printf '%s\n' "$block") "$example"; then
+  echo "the README's example differs from $example: keep them identical" >&2
+  exit 1
+fi
