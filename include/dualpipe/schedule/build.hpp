@@ -22,6 +22,19 @@ concept schedule_generator = requires(const G& g, int rank, void (*emit)(const i
   g.emit_rank(rank, emit);
 };
 
+// Optional: a generator whose ranks are computed together (the baselines
+// lowered by lower.hpp simulate all ranks to place any one rank's
+// communication) may also provide emit_ranks(emit, end_rank): every rank's
+// instructions in rank order, calling end_rank() after each rank. The
+// builders below then make one pass over it instead of one per rank, which
+// keeps compile-time tables within the constexpr limits.
+template <class G>
+concept whole_table_generator =
+    schedule_generator<G> &&
+    requires(const G& g, void (*emit)(const instruction&), void (*end_rank)()) {
+      g.emit_ranks(emit, end_rank);
+    };
+
 namespace detail {
 
 struct counting_emit {
@@ -41,11 +54,19 @@ constexpr auto static_offsets() {
   constexpr schedule_info info = Generator.info();
   std::array<std::uint32_t, static_cast<std::size_t>(info.ranks) + 1> offsets{};
   std::uint64_t total = 0;
-  for (int r = 0; r < info.ranks; ++r) {
-    Generator.emit_rank(r, counting_emit{&total});
+  std::size_t ended = 0;
+  const auto end_rank = [&] {
     if (total > max_instructions)
       throw std::length_error("dualpipe: table exceeds the 2^32-1 instruction limit");
-    offsets[static_cast<std::size_t>(r) + 1] = static_cast<std::uint32_t>(total);
+    offsets[++ended] = static_cast<std::uint32_t>(total);
+  };
+  if constexpr (whole_table_generator<decltype(Generator)>) {
+    Generator.emit_ranks(counting_emit{&total}, end_rank);
+  } else {
+    for (int r = 0; r < info.ranks; ++r) {
+      Generator.emit_rank(r, counting_emit{&total});
+      end_rank();
+    }
   }
   return offsets;
 }
@@ -62,9 +83,12 @@ template <auto Generator>
   table.info = info;
   table.offsets = offsets;
   std::size_t next = 0;
-  for (int r = 0; r < info.ranks; ++r)
-    Generator.emit_rank(r, detail::storing_emit<decltype(table.instructions)>{&table.instructions,
-                                                                              &next});
+  const detail::storing_emit<decltype(table.instructions)> store{&table.instructions, &next};
+  if constexpr (whole_table_generator<decltype(Generator)>) {
+    Generator.emit_ranks(store, [] {});
+  } else {
+    for (int r = 0; r < info.ranks; ++r) Generator.emit_rank(r, store);
+  }
   return table;
 }
 
@@ -73,14 +97,23 @@ template <schedule_generator G>
 [[nodiscard]] schedule_table make_table(const G& generator) {
   const schedule_info info = generator.info();
   std::uint64_t total = 0;
-  for (int r = 0; r < info.ranks; ++r) generator.emit_rank(r, detail::counting_emit{&total});
+  if constexpr (whole_table_generator<G>) {
+    generator.emit_ranks(detail::counting_emit{&total}, [] {});
+  } else {
+    for (int r = 0; r < info.ranks; ++r) generator.emit_rank(r, detail::counting_emit{&total});
+  }
   if (total > max_instructions)
     throw std::length_error("dualpipe: table exceeds the 2^32-1 instruction limit");
   schedule_table table(info);
   table.reserve(static_cast<std::size_t>(total));
-  for (int r = 0; r < info.ranks; ++r) {
-    generator.emit_rank(r, [&table](const instruction& i) { table.push(i); });
-    table.end_rank();
+  const auto push = [&table](const instruction& i) { table.push(i); };
+  if constexpr (whole_table_generator<G>) {
+    generator.emit_ranks(push, [&table] { table.end_rank(); });
+  } else {
+    for (int r = 0; r < info.ranks; ++r) {
+      generator.emit_rank(r, push);
+      table.end_rank();
+    }
   }
   return table;
 }

@@ -1,0 +1,166 @@
+// Interleaved 1F1B (Megatron-LM's virtual pipeline; Narayanan et al., arXiv
+// 2104.04473), in the order of PyTorch's ScheduleInterleaved1F1B: V stages per
+// rank, stage s on rank s % P, micro-batches taken in rounds of P. Rank r runs
+// (V-1)P + 2(P-1-r) warm-up forwards (at most VN), then alternates one forward
+// and one backward, then the cool-down backwards. Forwards sweep the rank's
+// stages front to back one round at a time, backwards back to front.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "dualpipe/schedule/build.hpp"
+#include "dualpipe/schedule/instruction.hpp"
+#include "dualpipe/schedule/lower.hpp"
+#include "dualpipe/schedule/options.hpp"
+#include "dualpipe/schedule/table.hpp"
+
+namespace dualpipe {
+
+namespace detail {
+
+// The first constraint (P, N, V) breaks, as a sentence, or an empty view.
+[[nodiscard]] constexpr std::string_view interleaved_1f1b_violation(
+    std::int64_t ranks, std::int64_t microbatches, std::int64_t virtual_stages) noexcept {
+  if (ranks < 1) return "needs at least 1 rank (P >= 1)";
+  if (ranks > max_ranks) return "supports at most 16384 ranks (P <= 16384)";
+  if (virtual_stages < 2)
+    return "needs at least 2 stages per rank (V >= 2); with one stage per rank use 1F1B";
+  if (ranks * virtual_stages > max_ranks)
+    return "supports at most 16384 stages in all (P*V <= 16384)";
+  if (microbatches < 1) return "needs at least 1 micro-batch (N >= 1)";
+  if (microbatches > max_microbatches)
+    return "supports at most 4194304 micro-batches (N <= 4194304)";
+  if (microbatches % ranks != 0)
+    return "needs the number of micro-batches to be a multiple of the number of ranks (N % P == "
+           "0), as Megatron-LM requires: micro-batches enter in rounds of P";
+  return {};
+}
+
+}  // namespace detail
+
+// Interleaved 1F1B on `ranks` ranks with `virtual_stages` stages per rank and
+// `microbatches` micro-batches. A structural type: usable as a template
+// argument of make_static_table.
+struct interleaved_1f1b_generator {
+  std::int32_t ranks = 0;
+  std::int32_t microbatches = 0;
+  std::int32_t virtual_stages = 0;
+  generator_options options{};
+
+  // Throws std::invalid_argument naming the broken constraint.
+  constexpr void check() const {
+    const std::string_view why =
+        detail::interleaved_1f1b_violation(ranks, microbatches, virtual_stages);
+    if (!why.empty())
+      throw std::invalid_argument("interleaved 1F1B " + std::string(why) + " (got P=" +
+                                  std::to_string(ranks) + ", N=" + std::to_string(microbatches) +
+                                  ", V=" + std::to_string(virtual_stages) + ")");
+  }
+
+  [[nodiscard]] constexpr schedule_info info() const {
+    check();
+    return {schedule_kind::interleaved_1f1b,
+            ranks,
+            ranks * virtual_stages,
+            microbatches,
+            placement::linear,
+            options.forward_only,
+            options.with_communication};
+  }
+  [[nodiscard]] constexpr schedule_info compute_info() const {
+    schedule_info i = info();
+    i.with_communication = false;
+    return i;
+  }
+
+  // The compute order of one rank, without communication.
+  template <class Emit>
+  constexpr void emit_compute_rank(int rank, Emit emit) const {
+    const int P = ranks, V = virtual_stages;
+    const int local_work = V * microbatches;  // forwards (and backwards) on this rank
+    const int warm_up_wanted = (V - 1) * P + 2 * (P - 1 - rank);
+    const int warm_up = options.forward_only ? local_work
+                        : warm_up_wanted < local_work ? warm_up_wanted
+                                                      : local_work;
+    // Step k of the forward sweep works on local stage (k / P) % V; step k of
+    // the backward sweep on local stage V-1-(k / P) % V. Each stage numbers
+    // its own micro-batches in order.
+    const auto forward_stage = [P, V, rank](int k) { return ((k / P) % V) * P + rank; };
+    const auto backward_stage = [P, V, rank](int k) { return (V - 1 - (k / P) % V) * P + rank; };
+    std::vector<int> next_forward(static_cast<std::size_t>(V), 0);
+    std::vector<int> next_backward(static_cast<std::size_t>(V), 0);
+    const auto forward = [&](int k) {
+      const int s = forward_stage(k);
+      emit(make_forward(s, next_forward[static_cast<std::size_t>(s / P)]++));
+    };
+    const auto backward = [&](int k) {
+      const int s = backward_stage(k);
+      emit(make_backward(s, next_backward[static_cast<std::size_t>(s / P)]++));
+    };
+    for (int k = 0; k < warm_up; ++k) forward(k);
+    if (options.forward_only) return;
+    for (int k = 0; k < local_work - warm_up; ++k) {
+      forward(warm_up + k);
+      backward(k);
+    }
+    for (int k = local_work - warm_up; k < local_work; ++k) backward(k);
+  }
+
+  template <class Emit>
+  constexpr void emit_rank(int rank, Emit emit) const {
+    detail::emit_generated_rank(*this, rank, emit);
+  }
+  // All ranks in one pass: the lowering simulates them together.
+  template <class Emit, class EndRank>
+  constexpr void emit_ranks(Emit emit, EndRank end_rank) const {
+    detail::emit_generated_ranks(*this, emit, end_rank);
+  }
+};
+
+namespace schedules {
+
+// Run time: throws std::invalid_argument for an invalid (P, N, V).
+[[nodiscard]] inline schedule_table interleaved_1f1b(int ranks, int microbatches,
+                                                     int virtual_stages,
+                                                     generator_options options = {}) {
+  interleaved_1f1b_generator compute{ranks, microbatches, virtual_stages, options};
+  compute.options.with_communication = false;
+  if (!options.with_communication) return make_table(compute);
+  return lower_communication(make_table(compute));
+}
+
+// Compile time: an invalid (P, N, V) is a compile error that says which rule it breaks.
+template <int P, int N, int V, generator_options Options = generator_options{}>
+[[nodiscard]] constexpr auto interleaved_1f1b_table() {
+  static_assert(P >= 1, "interleaved_1f1b_table<P, N, V>: interleaved 1F1B needs at least 1 rank "
+                        "(P >= 1)");
+  static_assert(P <= max_ranks,
+                "interleaved_1f1b_table<P, N, V>: at most 16384 ranks are supported");
+  static_assert(V >= 2,
+                "interleaved_1f1b_table<P, N, V>: interleaved 1F1B needs at least 2 stages per "
+                "rank (V >= 2); with one stage per rank use one_f_one_b_table");
+  static_assert(static_cast<long long>(P) * V <= max_ranks,
+                "interleaved_1f1b_table<P, N, V>: at most 16384 stages in all are supported "
+                "(P*V <= 16384)");
+  static_assert(N >= 1,
+                "interleaved_1f1b_table<P, N, V>: interleaved 1F1B needs at least 1 micro-batch "
+                "(N >= 1)");
+  static_assert(N <= max_microbatches,
+                "interleaved_1f1b_table<P, N, V>: at most 4194304 micro-batches are supported");
+  static_assert(P < 1 || N % P == 0,
+                "interleaved_1f1b_table<P, N, V>: interleaved 1F1B needs the number of "
+                "micro-batches to be a multiple of the number of ranks (N % P == 0), as "
+                "Megatron-LM requires: micro-batches enter in rounds of P");
+  if constexpr (detail::interleaved_1f1b_violation(P, N, V).empty())
+    return make_static_table<interleaved_1f1b_generator{P, N, V, Options}>();
+  else
+    return static_table<0, 0>{};
+}
+
+}  // namespace schedules
+}  // namespace dualpipe
