@@ -339,7 +339,7 @@ int run(const options& o, const dualpipe::schedule_table& table, const std::vect
   std::printf("step time: median %.3f ms over %zu step(s) after the first\n",
               later.empty() ? 0.0 : later[later.size() / 2], later.size());
   const bool ok = worst_loss <= o.tolerance && worst_cosine <= o.tolerance && out_rel <= o.tolerance;
-  std::printf("%s: %s P=%d N=%d hidden=%d rows=%d, transport %s (tolerance %.0e)\n",
+  std::printf("%s: %s P=%d N=%d hidden=%d microbatch-size=%d, transport %s (tolerance %.0e)\n",
               ok ? "PASS" : "FAIL", o.schedule.c_str(), P, N, o.hidden, o.rows,
               o.transport.c_str(), o.tolerance);
   return ok ? 0 : 1;
@@ -359,7 +359,8 @@ int main(int argc, char** argv) {
   app.add_option("--microbatches", o.microbatches, "micro-batches N (default 2P)")
       ->check(CLI::Range(0, 1 << 16));
   app.add_option("--hidden", o.hidden, "hidden size h")->check(CLI::Range(1, 1 << 14));
-  app.add_option("--rows", o.rows, "rows (samples) per micro-batch")->check(CLI::Range(1, 1 << 16));
+  app.add_option("--microbatch-size", o.rows, "samples per micro-batch, B")
+      ->check(CLI::Range(1, 1 << 16));
   app.add_option("--steps", o.steps, "training steps")->check(CLI::Range(1, 10000));
   app.add_option("--lr", o.lr, "SGD learning rate");
   app.add_option("--seed", o.seed, "seed of weights and data");
