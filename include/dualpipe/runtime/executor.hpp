@@ -25,6 +25,7 @@
 #include "dualpipe/runtime/stage.hpp"
 #include "dualpipe/schedule/action_syntax.hpp"
 #include "dualpipe/schedule/instruction.hpp"
+#include "dualpipe/schedule/lower.hpp"
 #include "dualpipe/schedule/table.hpp"
 #include "dualpipe/transport/transport.hpp"
 
@@ -269,10 +270,10 @@ class executor {
       throw std::invalid_argument("dualpipe::executor: the transport's rank " +
                                   std::to_string(rank_) + " is outside the table's 0.." +
                                   std::to_string(table.ranks() - 1));
+    schedule_table lowered;
     if (!table.info.with_communication) {
-      throw std::invalid_argument(
-          "dualpipe::executor: the table has no communication; lower it first with "
-          "lower_communication (dualpipe/schedule/lower.hpp)");
+      lowered = lower_communication(table);  // validates its input
+      table = lowered.view();
     } else if (options.validate) {
       const validation v = validate(table);
       if (!v.ok) throw std::invalid_argument("dualpipe::executor: " + describe(v));
@@ -386,6 +387,9 @@ class executor {
     } catch (const std::exception& e) {
       transport_->abort(e.what());
       throw;
+    } catch (...) {
+      transport_->abort(here() + " failed with an exception of unknown type");
+      throw;
     }
     result_.microbatches = leaving_;
     result_.losses = ctx.loss != nullptr ? std::span<const loss_value_type>(losses_)
@@ -394,26 +398,29 @@ class executor {
     return result_;
   }
 
+  [[nodiscard]] std::string here() const {
+    return "dualpipe::executor: rank " + std::to_string(rank_);
+  }
+
   void check_step(const step_context& ctx) const {
-    const std::string here = "dualpipe::executor: rank " + std::to_string(rank_);
     if (!ctx.forward_only && info_.forward_only)
-      throw std::invalid_argument(here + ": the table is forward-only (inference); a training "
-                                         "step needs a training table, or pass forward_only");
+      throw std::invalid_argument(here() + ": the table is forward-only (inference); a training "
+                                           "step needs a training table, or pass forward_only");
     if (ctx.inputs.size() != entering_.size())
       throw std::invalid_argument(
-          here + " runs the first stage (stage 0) of micro-batches " +
+          here() + " runs the first stage (stage 0) of micro-batches " +
           detail::describe_microbatches(entering_) + " (" + std::to_string(entering_.size()) +
           " of them) and needs one input each, but step() was given " +
           std::to_string(ctx.inputs.size()));
     if (leaving_.empty()) return;
     if (ctx.loss == nullptr && !ctx.forward_only)
       throw std::invalid_argument(
-          here + " runs the last stage (stage " + std::to_string(S_ - 1) +
+          here() + " runs the last stage (stage " + std::to_string(S_ - 1) +
           ") of micro-batches " + detail::describe_microbatches(leaving_) +
           ": a training step needs a loss function there");
     if (ctx.loss != nullptr && ctx.labels.size() != leaving_.size())
       throw std::invalid_argument(
-          here + " runs the last stage (stage " + std::to_string(S_ - 1) +
+          here() + " runs the last stage (stage " + std::to_string(S_ - 1) +
           ") of micro-batches " + detail::describe_microbatches(leaving_) + " (" +
           std::to_string(leaving_.size()) + " of them) and needs one label each for the loss, "
           "but step() was given " + std::to_string(ctx.labels.size()));
@@ -460,28 +467,27 @@ class executor {
   // The end of a walk: everything posted was committed, every deferred weight
   // gradient ran, and every buffer was consumed.
   void finish_walk() {
-    const std::string here = "dualpipe::executor: rank " + std::to_string(rank_);
     if (!sent_.empty() || pending_receives_ > 0)
-      throw std::invalid_argument(here + ": the table ends with sends or receives posted but "
-                                         "never committed");
+      throw std::invalid_argument(here() + ": the table ends with sends or receives posted but "
+                                           "never committed");
     if (deferred_head_ != deferred_tail_) {
       const auto [s, m] = deferred_[deferred_head_];
-      throw std::invalid_argument(here + ": the table ends with the weight gradient of " +
+      throw std::invalid_argument(here() + ": the table ends with the weight gradient of " +
                                   format_action(make_backward_input(s, m)) +
                                   " deferred but never run (no W)");
     }
     for (std::size_t ls = 0; ls < local_stage_ids_.size(); ++ls)
       for (int m = 0; m < N_; ++m) {
-        slot& sl = slots_[ls * static_cast<std::size_t>(N_) + static_cast<std::size_t>(m)];
-        const int s = local_stage_ids_[ls];
-        const char* left = sl.input != none        ? "an input no forward used"
-                           : sl.output != none     ? "an output never sent or used"
+        const slot& sl = slots_[ls * static_cast<std::size_t>(N_) + static_cast<std::size_t>(m)];
+        const char* left = sl.input != none         ? "an input no forward used"
+                           : sl.output != none      ? "an output never sent or used"
                            : sl.output_grad != none ? "an output gradient no backward used"
                            : sl.input_grad != none  ? "an input gradient never sent"
                                                     : nullptr;
         if (left != nullptr)
-          throw std::invalid_argument(here + ": the step ends with " + left + " of stage " +
-                                      std::to_string(s) + ", micro-batch " + std::to_string(m));
+          throw std::invalid_argument(here() + ": the step ends with " + left + " of stage " +
+                                      std::to_string(local_stage_ids_[ls]) + ", micro-batch " +
+                                      std::to_string(m));
       }
   }
 
