@@ -348,6 +348,13 @@ class nccl_transport {
                                     std::to_string(p) + " maps to communicator rank " +
                                     std::to_string(mapping_[p]) + ", outside 0.." +
                                     std::to_string(comm_size - 1));
+    for (std::size_t p = 0; p < mapping_.size(); ++p)
+      for (std::size_t q = 0; q < p; ++q)
+        if (mapping_[p] == mapping_[q])
+          throw std::invalid_argument("dualpipe::nccl_transport: pipeline ranks " +
+                                      std::to_string(q) + " and " + std::to_string(p) +
+                                      " both map to communicator rank " +
+                                      std::to_string(mapping_[p]));
     if (mapping_[static_cast<std::size_t>(pipeline_rank)] != comm_rank)
       throw std::invalid_argument("dualpipe::nccl_transport: pipeline rank " +
                                   std::to_string(pipeline_rank) + " maps to communicator rank " +
