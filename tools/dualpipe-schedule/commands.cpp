@@ -7,7 +7,9 @@ namespace dualpipe::cli {
 
 std::span<const command> subcommands() {
   static const std::vector<command> list = {
-      // {"validate", "check a schedule and print ok or its first violation", attach_validate},
+      {"simulate", "simulate a schedule under a cost model: makespan, bubbles, activations",
+       attach_simulate},
+      {"validate", "check a schedule and print ok or its first violation", attach_validate},
   };
   return list;
 }

@@ -25,6 +25,9 @@ struct command {
   std::function<int()> (*attach)(CLI::App& sub);
 };
 
+std::function<int()> attach_simulate(CLI::App& sub);  // simulate_command.cpp
+std::function<int()> attach_validate(CLI::App& sub);  // validate_command.cpp
+
 // Every subcommand, in the order --help lists them.
 [[nodiscard]] std::span<const command> subcommands();
 

@@ -3,9 +3,11 @@
 
 #include <string>
 
+#include "cost_option.hpp"
 #include "dualpipe/io/csv.hpp"
 #include "dualpipe/io/grid.hpp"
 #include "dualpipe/io/json.hpp"
+#include "timeline_formats.hpp"
 #include "usage_error.hpp"
 
 namespace dualpipe::cli {
@@ -32,6 +34,10 @@ constexpr output_format formats[] = {
     {"grid", "text grid: one column per rank, one row per step (F3, B12, I4, W4, F3|B12)",
      write_grid},
     {"json", "schedule info and per-rank action strings", write_json},
+    {"chrome-trace",
+     "simulated timeline (--cost) as Chrome trace JSON for Perfetto: one track per rank",
+     write_chrome_trace},
+    {"svg", "simulated timeline (--cost) as an SVG picture: one row per rank", write_svg},
 };
 
 }  // namespace
@@ -43,6 +49,7 @@ void add_output_options(CLI::App& app, output_options& options) {
   for (const output_format& f : output_formats())
     help += "\n  " + std::string(f.name) + ": " + std::string(f.summary);
   options.format_option = app.add_option("--format", options.format, help)->type_name("FORMAT");
+  add_cost_option(app, options.cost);
 }
 
 const output_format& chosen_format(const output_options& options) {

@@ -21,6 +21,7 @@ namespace dualpipe::cli {
 
 struct output_options {
   std::string format = "csv";
+  std::string cost;  // --cost, for the timeline formats (chrome-trace, svg)
   CLI::Option* format_option = nullptr;
 };
 

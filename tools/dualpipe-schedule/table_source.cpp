@@ -1,9 +1,15 @@
 // Options naming a registered schedule, and building its table.
 #include "table_source.hpp"
 
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <sstream>
 #include <string>
+#include <system_error>
 #include <utility>
 
+#include "dualpipe/io/csv.hpp"
 #include "dualpipe/schedule/registry.hpp"
 #include "usage_error.hpp"
 
@@ -21,6 +27,11 @@ void add_table_source_options(CLI::App& app, table_source& source) {
       app.add_option("--microbatches", source.microbatches,
                      "Number of micro-batches in one step (N)")
           ->type_name("N");
+  source.input_option =
+      app.add_option("--input", source.input,
+                     "Read the schedule from a PyTorch CSV file (one line per rank; compute-only "
+                     "or with SEND/RECV) instead of --schedule")
+          ->type_name("FILE.csv");
   app.add_flag("--forward-only", source.forward_only,
                "Inference: only forwards (and their communication)");
   app.add_flag("--with-comm", source.with_communication,
@@ -46,9 +57,38 @@ void add_table_source_options(CLI::App& app, table_source& source) {
     }
 }
 
+namespace {
+
+// The imported table: sizes, placement and options come from the file.
+schedule_table read_input(const table_source& source) {
+  const auto given = [](const CLI::Option* o) { return o != nullptr && o->count() > 0; };
+  if (given(source.schedule_option))
+    throw usage_error("give either --schedule or --input, not both");
+  for (const auto& [name, option] : std::initializer_list<std::pair<const char*, const CLI::Option*>>{
+           {"--ranks", source.ranks_option}, {"--microbatches", source.microbatches_option}})
+    if (given(option))
+      throw usage_error(std::string(name) + " applies to --schedule; --input takes the sizes from the file");
+  for (const auto& [name, option] : source.parameter_options)
+    if (given(option)) throw usage_error("--" + name + " applies to --schedule, not to --input");
+  if (source.forward_only || source.with_communication)
+    throw usage_error("--forward-only and --with-comm apply to --schedule; --input keeps the file's content");
+  std::error_code ignored;
+  if (std::filesystem::is_directory(source.input, ignored))
+    throw usage_error("--input '" + source.input + "' is a directory, not a CSV file");
+  std::ifstream file(source.input, std::ios::binary);
+  if (!file) throw usage_error("cannot read --input file '" + source.input + "'");
+  std::ostringstream text;
+  text << file.rdbuf();
+  if (file.bad()) throw usage_error("cannot read --input file '" + source.input + "'");
+  return read_csv(text.str());
+}
+
+}  // namespace
+
 schedule_table build_table(const table_source& source) {
+  if (source.input_option != nullptr && source.input_option->count() > 0) return read_input(source);
   if (source.schedule_option->count() == 0)
-    throw usage_error("missing --schedule NAME (one of: " + schedule_names() + ")");
+    throw usage_error("missing --schedule NAME (one of: " + schedule_names() + ") or --input FILE.csv");
   const schedule_entry* entry = find_schedule(source.schedule);
   if (entry == nullptr)
     throw usage_error("unknown schedule '" + source.schedule + "' (known: " + schedule_names() +

@@ -3,6 +3,8 @@
 // every parameter a registered schedule declares, e.g. --virtual-stages).
 // The top-level command and any subcommand attach the same options with
 // add_table_source_options and turn them into a table with build_table.
+// --input FILE.csv reads a PyTorch CSV instead (compute-only or with
+// communication), in place of --schedule and its sizes.
 //
 // A new source of tables (say --input FILE.csv) belongs here: add its field
 // and option, and let build_table prefer it.
@@ -26,6 +28,8 @@ struct table_source {
   // Registered schedule parameters by name, and the options that set them.
   std::map<std::string, int, std::less<>> parameters;
   std::map<std::string, CLI::Option*, std::less<>> parameter_options;
+  std::string input;  // --input FILE.csv
+  CLI::Option* input_option = nullptr;
   CLI::Option* schedule_option = nullptr;
   CLI::Option* ranks_option = nullptr;
   CLI::Option* microbatches_option = nullptr;
@@ -35,7 +39,8 @@ struct table_source {
 void add_table_source_options(CLI::App& app, table_source& source);
 
 // Builds the table the options describe. Throws usage_error for missing or
-// inconsistent options and std::invalid_argument for sizes the schedule rejects.
+// inconsistent options and std::invalid_argument for sizes the schedule
+// rejects; an --input file that is not valid CSV is a csv_error (line, column).
 [[nodiscard]] schedule_table build_table(const table_source& source);
 
 }  // namespace dualpipe::cli

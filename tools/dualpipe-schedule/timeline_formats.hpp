@@ -1,0 +1,21 @@
+// Output formats that draw a simulated timeline of the table under the
+// --cost model: chrome-trace (Chrome trace JSON for Perfetto) and svg.
+#pragma once
+
+#include <ostream>
+
+#include "dualpipe/analysis/simulate.hpp"
+#include "dualpipe/schedule/table.hpp"
+#include "formats.hpp"
+
+namespace dualpipe::cli {
+
+void write_chrome_trace(std::ostream& out, const schedule_table& table, const output_options& options);
+void write_svg(std::ostream& out, const schedule_table& table, const output_options& options);
+
+// The same from a finished simulation (the simulate subcommand has one).
+void write_chrome_trace(std::ostream& out, const simulation& sim);
+void write_svg(std::ostream& out, const schedule_table& table, const simulation& sim,
+               const cost_model& costs);
+
+}  // namespace dualpipe::cli
