@@ -65,17 +65,47 @@ TEST_CASE("grid with communication, and with stages", "[grid]") {
         "4     COMMIT   SEND_B0\n"
         "5     B0       COMMIT\n"
         "6              W0\n");
-  CHECK(format_grid(t, {.stages = true}) ==
+  CHECK(format_grid(t, {.stages = grid_stages::always}) ==
         "step  rank 0  rank 1\n"
         "0     0F0     1F0\n"
         "1     0B0     1I0\n"
         "2             1W0\n");
-  CHECK(grid_cell(make_overlapped(3, 4, 7, 1), true) == "(3F4;7B1)OVERLAP_F_B");
+  CHECK(grid_cell(make_overlapped(3, 4, 7, 1), true) == "3F4|7B1");
+  CHECK(grid_cell(make_communication(op::send_backward, 2, 5, 1), true) == "2SEND_B5");
+  CHECK(grid_cell(make_commit(), true) == "COMMIT");
   CHECK(grid_cell(make_overlapped(3, 4, 7, 1)) == "F4|B1");
 }
 
+TEST_CASE("grid of DualPipeV P=2 N=4 names stages: each rank runs two stages of a micro-batch",
+          "[grid]") {
+  // From the eight steps with h -> P = 2, k -> r, N/2 -> N; rank 0 holds
+  // stages 0 and 3, rank 1 (the last rank, the "middle" one) stages 1 and 2.
+  const std::string expected =
+      "step  rank 0   rank 1\n"
+      "0     0F0      1F0\n"
+      "1     0F1      2F0\n"
+      "2     0F2      1F1\n"
+      "3     3F0      2F1\n"
+      "4     3I0      1F2\n"
+      "5     3W0      2B0\n"
+      "6     3F1      2F2|1B0\n"
+      "7     0F3|3B1  1F3|2B1\n"
+      "8     3F2|0B0  2F3|1B1\n"
+      "9     3B2      2B2\n"
+      "10    3F3|0B1  1B2\n"
+      "11    3B3      2I3\n"
+      "12    0I2      1I3\n"
+      "13    0W2      2W3\n"
+      "14    0I3      1W3\n"
+      "15    0W3\n";
+  const schedule_table t = schedules::dualpipev(2, 4);
+  CHECK(format_grid(t) == expected);
+  const std::string plain = format_grid(t, {.stages = grid_stages::never});
+  CHECK(plain.find("\n3     F0      F1\n") != std::string::npos);
+}
+
 TEST_CASE("grid columns widen to the widest cell and steps to ten and beyond", "[grid]") {
-  schedule_table t({schedule_kind::custom, 1, 1, 12, placement::linear, true, false});
+  schedule_table t({schedule_kind::custom, 1, 1, 1200, placement::linear, true, false});
   for (int m = 0; m < 12; ++m) t.push(make_forward(0, m * 100));
   t.end_rank();
   const std::string grid = format_grid(t);

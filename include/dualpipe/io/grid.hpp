@@ -1,11 +1,13 @@
 // A schedule as a text grid for people: one column per rank, one row per
 // step (the n-th instruction each rank runs), cells such as "F3", "B12",
 // "I4", "W4" and "F3|B12" for an overlapped pair, like the figures of the
-// DualPipe paper read column-wise.
+// DualPipe paper read column-wise. Where a micro-batch does not say which
+// stage runs (a rank holding two stages of it), cells carry it: "3F0".
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -15,33 +17,76 @@
 
 namespace dualpipe {
 
+// Whether cells name the stage ("3F0") or only the micro-batch ("F0").
+enum class grid_stages : std::uint8_t {
+  // Only where the micro-batch alone does not say which stage runs: when some
+  // rank runs two stages of one micro-batch (DualPipeV, interleaved, ZB-V).
+  // DualPipe's cells need no stage: the micro-batch says the direction.
+  when_ambiguous,
+  always,
+  never,
+};
+
 struct grid_options {
   // Also show SEND_*/RECV_* and COMMIT as steps; by default only compute is.
   bool communication = false;
-  // Cells in full action syntax ("3F0", "(0F4;7B1)OVERLAP_F_B"): by default a
-  // cell names the micro-batch only, which with the rank column already says
-  // which stage runs for the schedules of this library.
-  bool stages = false;
+  grid_stages stages = grid_stages::when_ambiguous;
 };
 
-// The text of one grid cell.
+// The text of one grid cell: "F3", "B12", "I4", "W4", "F3|B12", "SEND_F3",
+// "COMMIT"; with the stage, "2F3", "2F3|5B12", "2SEND_F3".
 [[nodiscard]] inline std::string grid_cell(const instruction& x, bool with_stage = false) {
-  if (with_stage || x.kind == op::commit) return format_action(x);
-  if (x.kind == op::overlapped_forward_backward)
-    return "F" + std::to_string(x.microbatch) + "|B" + std::to_string(x.microbatch_b);
-  return std::string(op_name(x.kind)) + std::to_string(x.microbatch);
+  if (x.kind == op::commit) return format_action(x);
+  std::string out;
+  if (with_stage) out += std::to_string(x.stage);
+  if (x.kind == op::overlapped_forward_backward) {
+    out += "F" + std::to_string(x.microbatch) + "|";
+    if (with_stage) out += std::to_string(x.stage_b);
+    return out + "B" + std::to_string(x.microbatch_b);
+  }
+  return out + std::string(op_name(x.kind)) + std::to_string(x.microbatch);
 }
+
+namespace detail {
+
+// Does some rank run two different stages of one micro-batch?
+[[nodiscard]] inline bool grid_stages_ambiguous(table_view table) {
+  const auto N = static_cast<std::size_t>(std::max(table.microbatches(), 0));
+  std::vector<std::int32_t> stage_of(N);
+  for (int r = 0; r < table.ranks(); ++r) {
+    std::fill(stage_of.begin(), stage_of.end(), -1);
+    const auto seen = [&](std::int32_t stage, std::int32_t mb) {
+      if (mb < 0 || static_cast<std::size_t>(mb) >= N) return true;
+      std::int32_t& s = stage_of[static_cast<std::size_t>(mb)];
+      if (s >= 0 && s != stage) return true;
+      s = stage;
+      return false;
+    };
+    for (const instruction& x : table.rank(r)) {
+      if (x.kind == op::commit) continue;
+      if (seen(x.stage, x.microbatch)) return true;
+      if (x.kind == op::overlapped_forward_backward && seen(x.stage_b, x.microbatch_b))
+        return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace detail
 
 // The grid: a header line ("step", "rank 0", ...) and one line per step, each
 // column left-aligned to its widest cell, lines without trailing blanks.
 [[nodiscard]] inline std::string format_grid(table_view table, grid_options options = {}) {
   const auto P = static_cast<std::size_t>(std::max(table.ranks(), 0));
+  const bool with_stage =
+      options.stages == grid_stages::always ||
+      (options.stages == grid_stages::when_ambiguous && detail::grid_stages_ambiguous(table));
   std::vector<std::vector<std::string>> columns(P);
   std::size_t steps = 0;
   for (std::size_t r = 0; r < P; ++r) {
     for (const instruction& x : table.rank(static_cast<int>(r)))
       if (is_compute(x.kind) || options.communication)
-        columns[r].push_back(grid_cell(x, options.stages));
+        columns[r].push_back(grid_cell(x, with_stage));
     steps = std::max(steps, columns[r].size());
   }
   std::vector<std::string> header(P);
