@@ -8,7 +8,12 @@
 #include <vector>
 
 #include "dualpipe/schedule/dualpipe.hpp"
+#include "dualpipe/schedule/gpipe.hpp"
+#include "dualpipe/schedule/interleaved_1f1b.hpp"
+#include "dualpipe/schedule/one_f_one_b.hpp"
 #include "dualpipe/schedule/table.hpp"
+#include "dualpipe/schedule/zb1p.hpp"
+#include "dualpipe/schedule/zbv.hpp"
 
 namespace test_catalogue {
 
@@ -17,9 +22,9 @@ struct entry {
   dualpipe::schedule_table table;
 };
 
-// Ranks P from 2 to max_ranks (powers of two, and a few odd ones where the
+// Ranks P up to `largest` (powers of two, and a few odd ones where the
 // schedule allows), a few micro-batch counts per P.
-inline std::vector<entry> all_schedules(int max_ranks) {
+inline std::vector<entry> all_schedules(int largest) {
   using namespace dualpipe;
   const generator_options compute_only{.forward_only = false, .with_communication = false};
   const generator_options inference{.forward_only = true, .with_communication = false};
@@ -28,19 +33,39 @@ inline std::vector<entry> all_schedules(int max_ranks) {
     out.push_back({name + " P=" + std::to_string(P) + " N=" + std::to_string(N), std::move(t)});
   };
   for (const int P : {2, 4, 6, 8, 16, 32}) {
-    if (P > max_ranks) continue;
+    if (P > largest) continue;
     for (const int N : {2 * P, 2 * P + 2, 4 * P}) {
       if (P >= 16 && N != 2 * P) continue;
       add("dualpipe", P, N, schedules::dualpipe(P, N, compute_only));
     }
   }
   for (const int P : {2, 3, 4, 5, 8, 16, 32}) {
-    if (P > max_ranks) continue;
+    if (P > largest) continue;
     for (const int N : {2 * P, 2 * P + 1, 3 * P}) {
       if (P >= 16 && N != 2 * P) continue;
       add("dualpipev", P, N, schedules::dualpipev(P, N, compute_only));
     }
   }
+  for (const int P : {1, 2, 3, 4, 8, 16, 32}) {
+    if (P > largest) continue;
+    for (const int N : {P, 2 * P + 1, 3 * P}) {
+      if (P >= 16 && N != 2 * P + 1) continue;
+      add("gpipe", P, N, schedules::gpipe(P, N, compute_only));
+      add("1f1b", P, N, schedules::one_f_one_b(P, N, compute_only));
+      add("zb1p", P, N, schedules::zb1p(P, N, compute_only));
+      add("zbv", P, N, schedules::zbv(P, N, compute_only));
+    }
+    for (const int V : {2, 3}) {
+      if (P >= 16 && V == 3) continue;
+      for (const int N : {P, 2 * P}) {
+        if (P >= 16 && N != 2 * P) continue;
+        add("interleaved-1f1b V=" + std::to_string(V), P, N,
+            schedules::interleaved_1f1b(P, N, V, compute_only));
+      }
+    }
+  }
+  add("1f1b forward-only", 4, 6, schedules::one_f_one_b(4, 6, inference));
+  add("zbv forward-only", 3, 5, schedules::zbv(3, 5, inference));
   add("dualpipe forward-only", 4, 10, schedules::dualpipe(4, 10, inference));
   add("dualpipev forward-only", 4, 9, schedules::dualpipev(4, 9, inference));
   return out;
