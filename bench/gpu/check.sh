@@ -87,23 +87,40 @@ if [ -z "$built" ]; then
   [ "$have_nccl" = 1 ] && libs=(-lnccl "${libs[@]}")
   cxxflags=(-std=c++20 -O2 -DNDEBUG -Wall -Wextra)
   note "build: direct ($cxx -O2, nvcc -O3 -arch=$arch), NCCL: $have_nccl"
-  (
-    set -e
-    timeout 120 "$cuda/bin/nvcc" -O3 -arch="$arch" -Xcompiler=-fPIC -I"$root/examples/train-mlp-cuda" \
-      -c "$root/examples/train-mlp-cuda/kernels.cu" -o "$build/kernels.o"
-    timeout 200 $cxx "${cxxflags[@]}" "${includes[@]}" "${nccl_flags[@]}" \
-      "$root/examples/train-mlp-cuda/main.cpp" "$build/kernels.o" "${libs[@]}" -o "$build/train-mlp-cuda" &
-    timeout 200 $cxx "${cxxflags[@]}" "${includes[@]}" \
-      "$root/bench/gpu/pipeline_gpu.cpp" "$build/kernels.o" "${libs[@]}" -o "$build/pipeline-gpu" &
-    if [ -f "$deps/include/catch2/catch.hpp" ] || [ -f /usr/include/catch2/catch.hpp ]; then
-      timeout 200 $cxx -std=c++20 -O0 "${includes[@]}" "${nccl_flags[@]}" \
-        "$root/tests/cuda/gpu_main.cpp" "$root/tests/cuda/gpu_backend.cpp" "${libs[@]}" \
-        -o "$build/test_cuda_gpu_backend" &
+  compile() {  # name, command...: one translation unit, its own log, bounded
+    local name=$1
+    shift
+    if timeout 280 "$@" >"$out/build-$name.log" 2>&1; then
+      echo "$name: ok"
+    else
+      echo "$name: FAILED (exit $?; 124 = timed out)"
+      tail -n 20 "$out/build-$name.log"
+      return 1
     fi
-    wait_all=0
-    for job in $(jobs -p); do wait "$job" || wait_all=1; done
-    exit $wait_all
-  ) >"$out/build.log" 2>&1 && built=direct
+  }
+  {
+    compile kernels "$cuda/bin/nvcc" -O3 -arch="$arch" -Xcompiler=-fPIC \
+      -I"$root/examples/train-mlp-cuda" -c "$root/examples/train-mlp-cuda/kernels.cu" \
+      -o "$build/kernels.o" &&
+    {
+      compile train-mlp-cuda $cxx "${cxxflags[@]}" "${includes[@]}" "${nccl_flags[@]}" \
+        "$root/examples/train-mlp-cuda/main.cpp" "$build/kernels.o" "${libs[@]}" \
+        -o "$build/train-mlp-cuda" &
+      compile pipeline-gpu $cxx "${cxxflags[@]}" "${includes[@]}" \
+        "$root/bench/gpu/pipeline_gpu.cpp" "$build/kernels.o" "${libs[@]}" \
+        -o "$build/pipeline-gpu" &
+      if [ -f "$deps/include/catch2/catch.hpp" ] || [ -f /usr/include/catch2/catch.hpp ]; then
+        compile gpu-unit-tests $cxx -std=c++20 -O0 "${includes[@]}" "${nccl_flags[@]}" \
+          "$root/tests/cuda/gpu_main.cpp" "$root/tests/cuda/gpu_backend.cpp" "${libs[@]}" \
+          -o "$build/test_cuda_gpu_backend" &
+      fi
+      failed=0
+      for job in $(jobs -p); do wait "$job" || failed=1; done
+      [ $failed -eq 0 ]
+    }
+  } >"$out/build.log" 2>&1
+  # The example is what the check cannot do without; the others are reported.
+  [ -x "$build/train-mlp-cuda" ] && built=direct
 fi
 if [ -z "$built" ] || [ ! -x "$build/train-mlp-cuda" ]; then
   note "build: FAIL after $(elapsed) s; the end of build.log:"
@@ -111,6 +128,7 @@ if [ -z "$built" ] || [ ! -x "$build/train-mlp-cuda" ]; then
   exit 1
 fi
 note "build: ok ($built) in $(elapsed) s"
+grep -E "^[a-z-]+: (ok|FAILED)" "$out/build.log" | sed 's/^/  /' | tee -a "$summary"
 
 # --- runs ----------------------------------------------------------------------
 status=0
@@ -133,14 +151,21 @@ run_phase() {  # name, seconds, command...
 
 if [ -x "$build/test_cuda_gpu_backend" ]; then
   run_phase gpu-unit-tests 60 "$build/test_cuda_gpu_backend"
+else
+  note "gpu-unit-tests: NOT BUILT (Catch2 missing, or see build.log)"
 fi
 run_phase train-mlp-cuda-dualpipe 60 "$build/train-mlp-cuda" --schedule dualpipe --ranks 4 \
   --microbatches 16 --hidden 256 --microbatch-size 64 --steps 3 --transport device-local
 run_phase train-mlp-cuda-dualpipev 60 "$build/train-mlp-cuda" --schedule dualpipev --ranks 4 \
   --microbatches 16 --hidden 256 --microbatch-size 64 --steps 3 --transport device-local
-run_phase pipeline-gpu 100 "$build/pipeline-gpu" --ranks 8 --microbatches 32 --steps 5 \
-  --unit-us 100 --hidden 1024 --microbatch-size 1024
-sed -n '/^device:/,$p' "$out/pipeline-gpu.log" | sed 's/^/  /' | tee -a "$summary"
+if [ -x "$build/pipeline-gpu" ]; then
+  run_phase pipeline-gpu 100 "$build/pipeline-gpu" --ranks 8 --microbatches 32 --steps 5 \
+    --unit-us 100 --hidden 1024 --microbatch-size 1024
+  sed -n '/^device:/,$p' "$out/pipeline-gpu.log" | sed 's/^/  /' | tee -a "$summary"
+else
+  note "pipeline-gpu: NOT BUILT"
+  status=1
+fi
 
 note "== done in $(elapsed) s: $([ $status -eq 0 ] && echo ALL PASSED || echo SOME FAILED); logs in $out"
 exit $status

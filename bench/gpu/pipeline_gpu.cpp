@@ -148,13 +148,12 @@ op_times measure_ops(Stage& s, cudaStream_t stream, std::size_t message, int rep
 
 // Labels: spin losses take the micro-batch id; the MLP's take a target.
 std::vector<int> make_labels(const spin_loss&, std::span<const int> leaving, std::size_t,
-                             cudaStream_t) {
+                             cudaStream_t, std::deque<tensor>&) {
   return {leaving.begin(), leaving.end()};
 }
 std::vector<mlp_cuda::label> make_labels(const mlp_cuda::mse&, std::span<const int> leaving,
-                                         std::size_t message, cudaStream_t stream) {
-  // Targets live as long as the process: a bench runs a few tables.
-  static std::deque<tensor> targets;
+                                         std::size_t message, cudaStream_t stream,
+                                         std::deque<tensor>& targets) {
   std::vector<mlp_cuda::label> labels;
   for (const int m : leaving) {
     targets.emplace_back(message).fill_zero(stream);
@@ -162,7 +161,6 @@ std::vector<mlp_cuda::label> make_labels(const mlp_cuda::mse&, std::span<const i
   }
   return labels;
 }
-
 
 // Runs `steps` + 1 steps of `table` (the first one warms up) with one host
 // thread per rank; returns the wall time of each measured step in ms, from
@@ -200,7 +198,9 @@ std::vector<double> run_steps(const dualpipe::schedule_table& table, std::size_t
           x.resize(message);
           x.fill_zero(compute.get());
         }
-        std::vector<typename Loss::label_type> labels = make_labels(loss, exec.leaving_microbatches(), message, compute.get());
+        std::deque<tensor> targets;  // what the labels point to
+        const std::vector<typename Loss::label_type> labels =
+            make_labels(loss, exec.leaving_microbatches(), message, compute.get(), targets);
         compute.synchronize();
         for (int step = 0; step <= steps; ++step) {
           sync.arrive_and_wait();
@@ -209,9 +209,9 @@ std::vector<double> run_steps(const dualpipe::schedule_table& table, std::size_t
           compute.synchronize();
           sync.arrive_and_wait();
           if (r == 0 && step > 0)
-            times.push_back(std::chrono::duration<double, std::milli>(
-                                std::chrono::steady_clock::now() - start)
-                                .count());
+            times.push_back(
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                    .count());
         }
       } catch (const std::exception& e) {
         // Stop the other ranks (they would wait for this one) and leave the barrier.
@@ -266,14 +266,19 @@ void bench_schedules(const options& o, const std::string& kind, std::size_t mess
 
 int main(int argc, char** argv) {
   options o;
-  CLI::App app{"Per-operation GPU times, pipeline step times and the simulator's prediction: "
-               "DualPipe against 1F1B on the device-local transport"};
-  app.add_option("--ranks", o.ranks, "pipeline ranks P (virtual, on one GPU)")->check(CLI::Range(2, 64));
+  CLI::App app{
+      "Per-operation GPU times, pipeline step times and the simulator's prediction: "
+      "DualPipe against 1F1B on the device-local transport"};
+  app.add_option("--ranks", o.ranks, "pipeline ranks P (virtual, on one GPU)")
+      ->check(CLI::Range(2, 64));
   app.add_option("--microbatches", o.microbatches, "micro-batches N")->check(CLI::Range(4, 4096));
-  app.add_option("--steps", o.steps, "measured steps (after one warm-up step)")->check(CLI::Range(1, 1000));
-  app.add_option("--unit-us", o.unit_us, "spin: microseconds of one forward")->check(CLI::Range(1.0, 1e6));
+  app.add_option("--steps", o.steps, "measured steps (after one warm-up step)")
+      ->check(CLI::Range(1, 1000));
+  app.add_option("--unit-us", o.unit_us, "spin: microseconds of one forward")
+      ->check(CLI::Range(1.0, 1e6));
   app.add_option("--hidden", o.hidden, "mlp: hidden size h")->check(CLI::Range(1, 1 << 14));
-  app.add_option("--microbatch-size", o.rows, "mlp: samples per micro-batch")->check(CLI::Range(1, 1 << 16));
+  app.add_option("--microbatch-size", o.rows, "mlp: samples per micro-batch")
+      ->check(CLI::Range(1, 1 << 16));
   app.add_option("--kinds", o.kinds, "stage kinds to run: spin, mlp or spin,mlp");
   CLI11_PARSE(app, argc, argv);
 
@@ -307,7 +312,8 @@ int main(int argc, char** argv) {
           [](cudaStream_t stream) { return spin_loss{stream}; }, rows);
     }
     if (o.kinds.find("mlp") != std::string::npos) {
-      const std::size_t message = static_cast<std::size_t>(o.hidden) * static_cast<std::size_t>(o.rows);
+      const std::size_t message =
+          static_cast<std::size_t>(o.hidden) * static_cast<std::size_t>(o.rows);
       const int N = o.microbatches;
       cuda::stream s;
       cuda::cublas_handle blas(s.get());
@@ -325,9 +331,10 @@ int main(int argc, char** argv) {
       bench_schedules<mlp_cuda::stage, mlp_cuda::mse>(
           o, "mlp", message, t,
           [hidden, rows_per_mb, N](std::deque<mlp_cuda::stage>& st, cudaStream_t stream,
-                                   cublasHandle_t h, cuda::buffer_pool<float>& p) -> mlp_cuda::stage& {
-            auto& stage = st.emplace_back(static_cast<int>(st.size()), hidden, rows_per_mb, N,
-                                          stream, h, p);
+                                   cublasHandle_t h,
+                                   cuda::buffer_pool<float>& p) -> mlp_cuda::stage& {
+            auto& stage =
+                st.emplace_back(static_cast<int>(st.size()), hidden, rows_per_mb, N, stream, h, p);
             stage.load(mlp_cuda::initial_parameters(0, hidden, 1));
             return stage;
           },
@@ -340,7 +347,8 @@ int main(int argc, char** argv) {
       std::printf("%-5s %-9s %12.3f %14.3f %8.3f %14.3f\n", r.kind.c_str(), r.schedule.c_str(),
                   r.measured, r.predicted, r.measured / r.predicted, r.serial);
     std::puts("ratio = measured / simulated (1.0: the cost model predicts the step exactly).");
-    std::puts("summed work = every rank's compute back to back: the bound when ranks share one GPU.");
+    std::puts(
+        "summed work = every rank's compute back to back: the bound when ranks share one GPU.");
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "pipeline-gpu: %s\n", e.what());

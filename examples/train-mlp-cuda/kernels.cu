@@ -19,8 +19,8 @@ constexpr int threads = 256;
 void check_launch(const char* kernel) {
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess)
-    throw std::runtime_error(std::string("launch of ") + kernel + " failed: " +
-                             cudaGetErrorString(status));
+    throw std::runtime_error(std::string("launch of ") + kernel +
+                             " failed: " + cudaGetErrorString(status));
 }
 
 unsigned blocks_for(std::size_t n) {
@@ -28,7 +28,9 @@ unsigned blocks_for(std::size_t n) {
   return static_cast<unsigned>(b < 65535 * 16 ? (b == 0 ? 1 : b) : 65535 * 16);
 }
 
-__device__ float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+__device__ float gelu(float x) {
+  return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+}
 
 __device__ float gelu_derivative(float x) {
   const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
@@ -111,7 +113,8 @@ void gelu_backward(const float* z, const float* da, float* dz, std::size_t n, cu
   check_launch("gelu_backward_kernel");
 }
 
-void mse_loss(const float* y, const float* target, float* loss, std::size_t n, cudaStream_t stream) {
+void mse_loss(const float* y, const float* target, float* loss, std::size_t n,
+              cudaStream_t stream) {
   mse_loss_kernel<<<1, threads, 0, stream>>>(y, target, loss, n);
   check_launch("mse_loss_kernel");
 }

@@ -212,8 +212,8 @@ int run(const options& o, const dualpipe::schedule_table& table, const std::vect
     st->loss.emplace(st->compute.get(), N);
     st->exec = std::make_unique<dualpipe::executor<mlp_cuda::stage, Transport, mlp_cuda::mse>>(
         table.view(), *st->transport, [&st, &o, N](int s) -> mlp_cuda::stage& {
-          return st->stages.emplace_back(s, o.hidden, o.rows, N, st->compute.get(),
-                                         st->blas.get(), st->pool);
+          return st->stages.emplace_back(s, o.hidden, o.rows, N, st->compute.get(), st->blas.get(),
+                                         st->pool);
         });
     for (const int m : st->exec->entering_microbatches())
       st->inputs.push_back(upload(data.inputs[static_cast<std::size_t>(m)], st->compute.get()));
@@ -252,16 +252,19 @@ int run(const options& o, const dualpipe::schedule_table& table, const std::vect
       st.compute.synchronize();  // the step boundary
     });
     step_ms.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+            .count());
     on_every_rank(P, device_of, [&](int r) {
       auto& st = *ranks[static_cast<std::size_t>(r)];
-      for (auto& s : st.stages) grads[static_cast<std::size_t>(r)].emplace_back(s.id(), s.gradients());
+      for (auto& s : st.stages)
+        grads[static_cast<std::size_t>(r)].emplace_back(s.id(), s.gradients());
       rank_losses[static_cast<std::size_t>(r)] = st.loss->losses();
       if (step == 1) allocations_after_first[static_cast<std::size_t>(r)] = st.pool.allocations();
     });
     for (int r = 0; r < P; ++r)
       for (const int m : ranks[static_cast<std::size_t>(r)]->exec->leaving_microbatches())
-        losses[static_cast<std::size_t>(m)] = rank_losses[static_cast<std::size_t>(r)][static_cast<std::size_t>(m)];
+        losses[static_cast<std::size_t>(m)] =
+            rank_losses[static_cast<std::size_t>(r)][static_cast<std::size_t>(m)];
     // Mirror copies (DualPipe) hold one stage twice: their gradients add up,
     // summed in rank order so that every run sums alike.
     std::vector<mlp_cuda::stage_parameters> total(static_cast<std::size_t>(S),
@@ -271,24 +274,30 @@ int run(const options& o, const dualpipe::schedule_table& table, const std::vect
 
     // Reference step.
     cuda::set_device(device_of[0]);
-    for (int s = 0; s < S; ++s) reference.stages[static_cast<std::size_t>(s)].load(params[static_cast<std::size_t>(s)]);
+    for (int s = 0; s < S; ++s)
+      reference.stages[static_cast<std::size_t>(s)].load(params[static_cast<std::size_t>(s)]);
     const std::vector<float> ref_losses = reference.train_step();
 
     double loss_diff = 0, cosine = 0, mean_loss = 0;
     for (int m = 0; m < N; ++m) {
-      const double a = losses[static_cast<std::size_t>(m)], b = ref_losses[static_cast<std::size_t>(m)];
-      loss_diff = std::max(loss_diff, std::isfinite(a) ? std::abs(a - b) / std::max(std::abs(b), 1e-12) : 1.0);
+      const double a = losses[static_cast<std::size_t>(m)],
+                   b = ref_losses[static_cast<std::size_t>(m)];
+      loss_diff = std::max(loss_diff,
+                           std::isfinite(a) ? std::abs(a - b) / std::max(std::abs(b), 1e-12) : 1.0);
       mean_loss += b / N;
     }
     for (int s = 0; s < S; ++s) {
       const auto ref = reference.stages[static_cast<std::size_t>(s)].gradients();
-      cosine = std::max(cosine, one_minus_cosine(total[static_cast<std::size_t>(s)].flat(), ref.flat()));
+      cosine =
+          std::max(cosine, one_minus_cosine(total[static_cast<std::size_t>(s)].flat(), ref.flat()));
       params[static_cast<std::size_t>(s)].sgd(total[static_cast<std::size_t>(s)], o.lr);
     }
     worst_loss = std::max(worst_loss, loss_diff);
     worst_cosine = std::max(worst_cosine, cosine);
-    std::printf("step %d: mean loss %.6f, max relative loss difference %.2e, max 1-cos(grad) %.2e, %.2f ms\n",
-                step, mean_loss, loss_diff, cosine, step_ms.back());
+    std::printf(
+        "step %d: mean loss %.6f, max relative loss difference %.2e, max 1-cos(grad) %.2e, %.2f "
+        "ms\n",
+        step, mean_loss, loss_diff, cosine, step_ms.back());
   }
 
   // Inference with the trained weights.
@@ -312,7 +321,8 @@ int run(const options& o, const dualpipe::schedule_table& table, const std::vect
     for (auto& s : st.stages) s.set_inference(false);
   });
   cuda::set_device(device_of[0]);
-  for (int s = 0; s < S; ++s) reference.stages[static_cast<std::size_t>(s)].load(params[static_cast<std::size_t>(s)]);
+  for (int s = 0; s < S; ++s)
+    reference.stages[static_cast<std::size_t>(s)].load(params[static_cast<std::size_t>(s)]);
   const auto ref_outputs = reference.infer();
   double out_diff = 0, out_scale = 0;
   for (int m = 0; m < N; ++m) {
@@ -331,17 +341,19 @@ int run(const options& o, const dualpipe::schedule_table& table, const std::vect
 
   std::size_t grown = 0;
   for (int r = 0; r < P; ++r)
-    grown += ranks[static_cast<std::size_t>(r)]->pool.allocations() - allocations_after_first[static_cast<std::size_t>(r)];
+    grown += ranks[static_cast<std::size_t>(r)]->pool.allocations() -
+             allocations_after_first[static_cast<std::size_t>(r)];
   std::vector<double> later(step_ms.begin() + (step_ms.size() > 1 ? 1 : 0), step_ms.end());
   std::sort(later.begin(), later.end());
   std::printf("inference: max |output - reference| %.2e (relative %.2e)\n", out_diff, out_rel);
   std::printf("activation buffers allocated after step 1: %zu\n", grown);
   std::printf("step time: median %.3f ms over %zu step(s) after the first\n",
               later.empty() ? 0.0 : later[later.size() / 2], later.size());
-  const bool ok = worst_loss <= o.tolerance && worst_cosine <= o.tolerance && out_rel <= o.tolerance;
+  const bool ok =
+      worst_loss <= o.tolerance && worst_cosine <= o.tolerance && out_rel <= o.tolerance;
   std::printf("%s: %s P=%d N=%d hidden=%d microbatch-size=%d, transport %s (tolerance %.0e)\n",
-              ok ? "PASS" : "FAIL", o.schedule.c_str(), P, N, o.hidden, o.rows,
-              o.transport.c_str(), o.tolerance);
+              ok ? "PASS" : "FAIL", o.schedule.c_str(), P, N, o.hidden, o.rows, o.transport.c_str(),
+              o.tolerance);
   return ok ? 0 : 1;
 }
 
@@ -351,8 +363,9 @@ int run_schedule(const options& o, int devices);
 
 int main(int argc, char** argv) {
   options o;
-  CLI::App app{"Train a small MLP with DualPipe/DualPipeV on CUDA and check it against the "
-               "un-pipelined model"};
+  CLI::App app{
+      "Train a small MLP with DualPipe/DualPipeV on CUDA and check it against the "
+      "un-pipelined model"};
   app.add_option("--schedule", o.schedule, "dualpipe, dualpipev, or both (one after the other)")
       ->check(CLI::IsMember({"dualpipe", "dualpipev", "both"}));
   app.add_option("--ranks", o.ranks, "pipeline ranks P")->check(CLI::Range(2, 64));
@@ -393,9 +406,9 @@ namespace {
 
 int run_schedule(const options& o, int devices) {
   try {
-    const dualpipe::schedule_table table = o.schedule == "dualpipe"
-                                               ? dualpipe::schedules::dualpipe(o.ranks, o.microbatches)
-                                               : dualpipe::schedules::dualpipev(o.ranks, o.microbatches);
+    const dualpipe::schedule_table table =
+        o.schedule == "dualpipe" ? dualpipe::schedules::dualpipe(o.ranks, o.microbatches)
+                                 : dualpipe::schedules::dualpipev(o.ranks, o.microbatches);
     const auto message = static_cast<std::size_t>(o.rows) * static_cast<std::size_t>(o.hidden);
     if (o.transport == "device-local") {
       using transport = dualpipe::device_local_transport<tensor>;
@@ -427,9 +440,9 @@ int run_schedule(const options& o, int devices) {
       }
     } cleanup{comms};
     return run<transport>(o, table, device_of, [&comms, message](rank_state<transport>& st) {
-      st.owned_transport = std::make_unique<transport>(comms[static_cast<std::size_t>(st.rank)],
-                                                       st.rank, static_cast<int>(comms.size()),
-                                                       st.compute.get(), message);
+      st.owned_transport =
+          std::make_unique<transport>(comms[static_cast<std::size_t>(st.rank)], st.rank,
+                                      static_cast<int>(comms.size()), st.compute.get(), message);
       st.transport = st.owned_transport.get();
     });
 #else

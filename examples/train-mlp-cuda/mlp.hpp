@@ -83,7 +83,8 @@ class random_stream {
 };
 
 // Stage s's initial parameters, the same for every copy of the stage.
-[[nodiscard]] inline stage_parameters initial_parameters(int stage, int hidden, std::uint64_t seed) {
+[[nodiscard]] inline stage_parameters initial_parameters(int stage, int hidden,
+                                                         std::uint64_t seed) {
   stage_parameters p = stage_parameters::zeros(hidden);
   random_stream r(seed * 1000003ull + static_cast<std::uint64_t>(stage) * 7919ull + 1);
   // Scaled as PyTorch's Linear: uniform in +-1/sqrt(fan_in).
@@ -166,8 +167,8 @@ class stage {
     auto x = pool_->acquire(n_h, stream_);
     auto z = pool_->acquire(n_4h, stream_);
     auto a = pool_->acquire(n_4h, stream_);
-    DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(x.data(), in.data(), x.bytes(), cudaMemcpyDeviceToDevice,
-                                        stream_));
+    DUALPIPE_CUDA_CHECK(
+        cudaMemcpyAsync(x.data(), in.data(), x.bytes(), cudaMemcpyDeviceToDevice, stream_));
     out.resize(n_h);
     gemm(blas_, false, true, rows_, 4 * h_, h_, 1.0f, x.data(), w1_.data(), 0.0f, z.data());
     bias_gelu_forward(z.data(), a.data(), b1_.data(), rows_, 4 * h_, stream_);
@@ -187,8 +188,8 @@ class stage {
     if (!s.x) throw std::logic_error(where(mb) + ": backward before forward");
     auto gy = pool_->acquire(elements(rows_, h_), stream_);
     auto dz = pool_->acquire(elements(rows_, 4 * h_), stream_);
-    DUALPIPE_CUDA_CHECK(cudaMemcpyAsync(gy.data(), grad_out.data(), gy.bytes(),
-                                        cudaMemcpyDeviceToDevice, stream_));
+    DUALPIPE_CUDA_CHECK(
+        cudaMemcpyAsync(gy.data(), grad_out.data(), gy.bytes(), cudaMemcpyDeviceToDevice, stream_));
     // da = gy W2 (into dz), dz = da * gelu'(z), gx = dz W1.
     gemm(blas_, false, false, rows_, 4 * h_, h_, 1.0f, gy.data(), w2_.data(), 0.0f, dz.data());
     gelu_backward(s.z.data(), dz.data(), dz.data(), dz.size(), stream_);

@@ -128,11 +128,23 @@ TEST_CASE("buffer_pool: reuse in stream order at once, across streams only after
   }
   gate g;
   {
+    // A second buffer of the size, so that nothing is allocated while stream
+    // a is held below: the first is lent out, so this one is new.
     auto x = pool.acquire(256, a.get());
+    auto spare = pool.acquire(256, b.get());
+    CHECK(spare.data() != x.data());
+    CHECK(pool.allocations() == 3);
+  }
+  a.synchronize();
+  b.synchronize();
+  {
+    auto x = pool.acquire(256, a.get());
+    CHECK(x.data() == first);
     g.hold(a.get());  // work "using" x is pending on a
   }
   {
-    // On b the last use on a has not completed: the pool must not lend it.
+    // On b the last use on a has not completed: the pool must not lend it,
+    // and lends the spare instead.
     auto y = pool.acquire(256, b.get());
     CHECK(y.data() != first);
     CHECK(pool.allocations() == 3);
@@ -159,12 +171,19 @@ TEST_CASE("device_local: the copy waits for the sender's compute; the ticket for
   CHECK(t1.ranks() == 2);
 
   const std::vector<float> payload{3.0f, 1.0f, 4.0f, 1.0f, 5.0f};
-  tensor sent(payload.size()), received;
+  // Everything that could block the host (allocation, pageable copies) is
+  // done before the gate closes.
+  tensor source(payload.size()), sent(payload.size()), received(payload.size());
+  source.copy_from_host(payload, compute0.get());
   sent.fill_zero(compute0.get());
+  received.fill_zero(compute1.get());
+  compute0.synchronize();
+  compute1.synchronize();
   gate g;
   g.hold(compute0.get());
-  // Written after the gate: the receiver must see these values, not zeros.
-  sent.copy_from_host(payload, compute0.get());
+  // Written after the gate (a device copy: never blocks the host): the
+  // receiver must see these values, not zeros.
+  sent.copy_from(source, compute0.get());
 
   const auto send = dualpipe::make_communication(dualpipe::op::send_forward, 0, 0, 1);
   const auto recv = dualpipe::make_communication(dualpipe::op::recv_forward, 1, 0, 0);
@@ -186,7 +205,8 @@ TEST_CASE("device_local: the copy waits for the sender's compute; the ticket for
   other.get();
 }
 
-TEST_CASE("device_local: a receive with no sender times out naming the action; abort wakes waiters") {
+TEST_CASE(
+    "device_local: a receive with no sender times out naming the action; abort wakes waiters") {
   cuda::set_device(0);
   dualpipe::device_local_network<tensor> network(2, std::chrono::milliseconds(100));
   cuda::stream compute0, compute1;

@@ -25,7 +25,8 @@ struct scratch_dir {
   fs::path path;
   scratch_dir() {
     path = fs::temp_directory_path() /
-           ("dualpipe-nccl-" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
+           ("dualpipe-nccl-" +
+            std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
     fs::create_directories(path);
   }
   ~scratch_dir() {
@@ -103,8 +104,9 @@ TEST_CASE("unique id through a file: stale files, timeouts and garbage are error
   }
   SECTION("another rank gives up after its timeout instead of hanging") {
     const auto start = std::chrono::steady_clock::now();
-    CHECK_THROWS_WITH(nccl::unique_id_through_file(path, 2, std::chrono::milliseconds(50)),
-                      Catch::Contains("rank 2 waited 50 ms") && Catch::Contains("did rank 0 start"));
+    CHECK_THROWS_WITH(
+        nccl::unique_id_through_file(path, 2, std::chrono::milliseconds(50)),
+        Catch::Contains("rank 2 waited 50 ms") && Catch::Contains("did rank 0 start"));
     CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));
   }
   SECTION("a malformed file names the file") {
@@ -126,8 +128,9 @@ TEST_CASE("unique id from an environment variable") {
   ::setenv(variable, nccl::unique_id_to_hex(id).c_str(), 1);
   CHECK(same_bytes(nccl::unique_id_from_environment(variable), id));
   ::setenv(variable, "12", 1);
-  CHECK_THROWS_WITH(nccl::unique_id_from_environment(variable),
-                    Catch::Contains("got 2 characters") && Catch::Contains("DUALPIPE_TEST_NCCL_ID"));
+  CHECK_THROWS_WITH(
+      nccl::unique_id_from_environment(variable),
+      Catch::Contains("got 2 characters") && Catch::Contains("DUALPIPE_TEST_NCCL_ID"));
   ::unsetenv(variable);
   CHECK(std::string(nccl::unique_id_variable) == "DUALPIPE_NCCL_UNIQUE_ID");
 }

@@ -22,14 +22,18 @@ namespace dualpipe::cuda {
   return count < 0 ? 0 : count;
 }
 
-[[nodiscard]] inline bool has_cuda_device() noexcept { return cuda_device_count() > 0; }
+[[nodiscard]] inline bool has_cuda_device() noexcept {
+  return cuda_device_count() > 0;
+}
 
 // The exit status test drivers (Meson, CTest, automake) read as "skipped".
 inline constexpr int exit_skipped = 77;
 
 // Makes `device` current for the calling thread: every host thread that
 // enqueues work must do this, since the current device is per thread.
-inline void set_device(int device) { DUALPIPE_CUDA_CHECK(cudaSetDevice(device)); }
+inline void set_device(int device) {
+  DUALPIPE_CUDA_CHECK(cudaSetDevice(device));
+}
 
 [[nodiscard]] inline int current_device() {
   int device = 0;

@@ -19,8 +19,8 @@ enum class event_timing : bool {
 class event {
  public:
   explicit event(event_timing timing = event_timing::disabled) {
-    const unsigned flags = timing == event_timing::enabled ? cudaEventDefault
-                                                           : cudaEventDisableTiming;
+    const unsigned flags =
+        timing == event_timing::enabled ? cudaEventDefault : cudaEventDisableTiming;
     DUALPIPE_CUDA_CHECK(cudaEventCreateWithFlags(&handle_, flags));
   }
   event(const event&) = delete;

@@ -69,8 +69,8 @@ class device_local_transport {
     friend class device_local_network<Tensor>;
     key() = default;
   };
-  device_local_transport(key, device_local_network<Tensor>& network, int rank,
-                         cudaStream_t compute, int priority)
+  device_local_transport(key, device_local_network<Tensor>& network, int rank, cudaStream_t compute,
+                         int priority)
       : network_(&network), rank_(rank), compute_(compute), comm_(priority) {}
 
   device_local_transport(const device_local_transport&) = delete;
@@ -195,7 +195,7 @@ class device_local_network {
   // One commit's sends, owned here (not by the endpoint) so that a peer
   // acknowledging it never touches freed memory.
   struct batch {
-    cuda::event ready;            // on the sender's compute stream at commit
+    cuda::event ready;              // on the sender's compute stream at commit
     std::vector<cuda::event> acks;  // one per send, recorded by its receiver after copying
     std::size_t sends = 0;
     std::atomic<std::size_t> acked{0};
@@ -256,8 +256,8 @@ template <cuda::device_tensor Tensor>
 void device_local_transport<Tensor>::check_posted(const instruction& i, bool kind_ok,
                                                   const char* what) const {
   if (!kind_ok)
-    throw transport_error(rank_, "rank " + std::to_string(rank_) + ": " + what + ", got " +
-                                     format_action(i));
+    throw transport_error(
+        rank_, "rank " + std::to_string(rank_) + ": " + what + ", got " + format_action(i));
   if (i.peer < 0 || i.peer >= network_->ranks() || i.peer == rank_)
     throw transport_error(rank_, "rank " + std::to_string(rank_) + ": " + format_action(i) +
                                      " names peer " + std::to_string(i.peer) +
@@ -360,10 +360,10 @@ typename device_local_transport<Tensor>::ticket device_local_transport<Tensor>::
         }
       }
       if (found->at.stage != sent_stage)
-        throw transport_error(rank_, "rank " + std::to_string(rank_) + ": " + format_action(r.at) +
-                                         " met " + format_action(found->at) + " from rank " +
-                                         std::to_string(r.at.peer) + ": expected the sending stage " +
-                                         std::to_string(sent_stage));
+        throw transport_error(
+            rank_, "rank " + std::to_string(rank_) + ": " + format_action(r.at) + " met " +
+                       format_action(found->at) + " from rank " + std::to_string(r.at.peer) +
+                       ": expected the sending stage " + std::to_string(sent_stage));
       const value_type* source = found->source;
       const std::size_t count = found->count;
       auto* from = found->from;
@@ -416,11 +416,10 @@ void device_local_transport<Tensor>::wait(const ticket& t) {
     if (net.aborted_) net.throw_aborted(rank_, "waiting for its sends to be received");
     if (net.changed_.wait_until(lock, deadline) == std::cv_status::timeout &&
         b.acked.load(std::memory_order_acquire) != b.sends)
-      throw transport_timeout(rank_, "rank " + std::to_string(rank_) + " waited " +
-                                         std::to_string(net.timeout_.count()) +
-                                         " ms for its sends to be received (" +
-                                         std::to_string(b.acked.load()) + " of " +
-                                         std::to_string(b.sends) + " taken)");
+      throw transport_timeout(
+          rank_, "rank " + std::to_string(rank_) + " waited " +
+                     std::to_string(net.timeout_.count()) + " ms for its sends to be received (" +
+                     std::to_string(b.acked.load()) + " of " + std::to_string(b.sends) + " taken)");
   }
   lock.unlock();
   for (std::size_t a = 0; a < b.sends; ++a) b.acks[a].synchronize();

@@ -9,21 +9,21 @@
 
 #include <array>
 #include <chrono>
-#include <cstdint>
-#include <limits>
-#include <memory>
-#include <type_traits>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -140,8 +140,8 @@ inline constexpr const char* unique_id_variable = "DUALPIPE_NCCL_UNIQUE_ID";
     const std::filesystem::path& path, int rank,
     std::chrono::milliseconds timeout = std::chrono::seconds(120)) {
   namespace fs = std::filesystem;
-  if (rank < 0) throw std::invalid_argument("dualpipe::nccl: rank must be >= 0, got " +
-                                            std::to_string(rank));
+  if (rank < 0)
+    throw std::invalid_argument("dualpipe::nccl: rank must be >= 0, got " + std::to_string(rank));
   if (rank == 0) {
     std::error_code ec;
     if (fs::exists(path, ec))
@@ -169,7 +169,8 @@ inline constexpr const char* unique_id_variable = "DUALPIPE_NCCL_UNIQUE_ID";
   for (;;) {
     std::ifstream in(path);
     if (in) {
-      const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      const std::string text((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
       try {
         return unique_id_from_hex(text);
       } catch (const std::invalid_argument& e) {
@@ -177,10 +178,10 @@ inline constexpr const char* unique_id_variable = "DUALPIPE_NCCL_UNIQUE_ID";
       }
     }
     if (std::chrono::steady_clock::now() >= deadline)
-      throw std::runtime_error(
-          "dualpipe::nccl: rank " + std::to_string(rank) + " waited " +
-          std::to_string(timeout.count()) + " ms for the NCCL unique id at " + path.string() +
-          "; did rank 0 start, and do all ranks see the same file system?");
+      throw std::runtime_error("dualpipe::nccl: rank " + std::to_string(rank) + " waited " +
+                               std::to_string(timeout.count()) + " ms for the NCCL unique id at " +
+                               path.string() +
+                               "; did rank 0 start, and do all ranks see the same file system?");
     std::this_thread::sleep_for(pause);
     if (pause < std::chrono::milliseconds(100)) pause *= 2;
   }
@@ -264,10 +265,26 @@ struct nccl_type {
   static constexpr ncclDataType_t type = ncclUint8;
   static constexpr std::size_t scale = sizeof(T);
 };
-template <> struct nccl_type<float> { static constexpr ncclDataType_t type = ncclFloat32; static constexpr std::size_t scale = 1; };
-template <> struct nccl_type<double> { static constexpr ncclDataType_t type = ncclFloat64; static constexpr std::size_t scale = 1; };
-template <> struct nccl_type<std::int32_t> { static constexpr ncclDataType_t type = ncclInt32; static constexpr std::size_t scale = 1; };
-template <> struct nccl_type<std::int64_t> { static constexpr ncclDataType_t type = ncclInt64; static constexpr std::size_t scale = 1; };
+template <>
+struct nccl_type<float> {
+  static constexpr ncclDataType_t type = ncclFloat32;
+  static constexpr std::size_t scale = 1;
+};
+template <>
+struct nccl_type<double> {
+  static constexpr ncclDataType_t type = ncclFloat64;
+  static constexpr std::size_t scale = 1;
+};
+template <>
+struct nccl_type<std::int32_t> {
+  static constexpr ncclDataType_t type = ncclInt32;
+  static constexpr std::size_t scale = 1;
+};
+template <>
+struct nccl_type<std::int64_t> {
+  static constexpr ncclDataType_t type = ncclInt64;
+  static constexpr std::size_t scale = 1;
+};
 
 }  // namespace detail
 }  // namespace dualpipe::nccl
@@ -344,23 +361,21 @@ class nccl_transport {
                                   std::to_string(pipeline_ranks) + " pipeline ranks");
     for (std::size_t p = 0; p < mapping_.size(); ++p)
       if (mapping_[p] < 0 || mapping_[p] >= comm_size)
-        throw std::invalid_argument("dualpipe::nccl_transport: pipeline rank " +
-                                    std::to_string(p) + " maps to communicator rank " +
-                                    std::to_string(mapping_[p]) + ", outside 0.." +
-                                    std::to_string(comm_size - 1));
+        throw std::invalid_argument("dualpipe::nccl_transport: pipeline rank " + std::to_string(p) +
+                                    " maps to communicator rank " + std::to_string(mapping_[p]) +
+                                    ", outside 0.." + std::to_string(comm_size - 1));
     for (std::size_t p = 0; p < mapping_.size(); ++p)
       for (std::size_t q = 0; q < p; ++q)
         if (mapping_[p] == mapping_[q])
-          throw std::invalid_argument("dualpipe::nccl_transport: pipeline ranks " +
-                                      std::to_string(q) + " and " + std::to_string(p) +
-                                      " both map to communicator rank " +
-                                      std::to_string(mapping_[p]));
+          throw std::invalid_argument(
+              "dualpipe::nccl_transport: pipeline ranks " + std::to_string(q) + " and " +
+              std::to_string(p) + " both map to communicator rank " + std::to_string(mapping_[p]));
     if (mapping_[static_cast<std::size_t>(pipeline_rank)] != comm_rank)
-      throw std::invalid_argument("dualpipe::nccl_transport: pipeline rank " +
-                                  std::to_string(pipeline_rank) + " maps to communicator rank " +
-                                  std::to_string(mapping_[static_cast<std::size_t>(pipeline_rank)]) +
-                                  " but this process is communicator rank " +
-                                  std::to_string(comm_rank));
+      throw std::invalid_argument(
+          "dualpipe::nccl_transport: pipeline rank " + std::to_string(pipeline_rank) +
+          " maps to communicator rank " +
+          std::to_string(mapping_[static_cast<std::size_t>(pipeline_rank)]) +
+          " but this process is communicator rank " + std::to_string(comm_rank));
   }
 
   nccl_transport(const nccl_transport&) = delete;
@@ -466,8 +481,8 @@ class nccl_transport {
     ncclResult_t async = ncclSuccess;
     DUALPIPE_NCCL_CHECK(ncclCommGetAsyncError(comm_, &async));
     if (async != ncclSuccess && async != ncclInProgress)
-      nccl::detail::throw_nccl_error(async, "ncclCommGetAsyncError(comm) after the step",
-                                     __FILE__, __LINE__);
+      nccl::detail::throw_nccl_error(async, "ncclCommGetAsyncError(comm) after the step", __FILE__,
+                                     __LINE__);
   }
 
  private:
@@ -484,8 +499,8 @@ class nccl_transport {
 
   void check_posted(const instruction& i, bool kind_ok, const char* what) const {
     if (!kind_ok)
-      throw transport_error(rank_, "rank " + std::to_string(rank_) + ": " + what + ", got " +
-                                       format_action(i));
+      throw transport_error(
+          rank_, "rank " + std::to_string(rank_) + ": " + what + ", got " + format_action(i));
     if (i.peer < 0 || i.peer >= ranks_ || i.peer == rank_)
       throw transport_error(rank_, "rank " + std::to_string(rank_) + ": " + format_action(i) +
                                        " names peer " + std::to_string(i.peer) +
