@@ -293,3 +293,37 @@ TEST_CASE("a compute-only 1-rank timeline has only the kinds it uses in its lege
   REQUIRE(labels[0]->text == "Forward");
   REQUIRE(labels[1]->text == "Backward");
 }
+
+TEST_CASE("with the schedule known, numbers on a micro-batch's second leg are white") {
+  for (const bool v : {false, true}) {
+    const auto t = v ? schedules::dualpipev(2, 4, {.with_communication = false})
+                     : schedules::dualpipe(2, 4, {.with_communication = false});
+    INFO(schedule_name(t.info().kind));
+    const simulation s = simulate(t, cost_model{1, 2, 1, 3, 0});
+    const element root = xml_reader(format_svg(s, {.schedule = t.info()})).document();
+    const element* timeline = find_id(root, "timeline");
+    REQUIRE(timeline != nullptr);
+    REQUIRE(timeline->children.size() == s.timeline.size());
+    int white = 0, black = 0;
+    for (std::size_t i = 0; i < s.timeline.size(); ++i) {
+      const instruction& x = s.timeline[i].what;
+      std::vector<const element*> texts;
+      collect(timeline->children[i], "text", texts);
+      // DualPipe: micro-batches N/2.. travel back; DualPipeV: stages P.. are the way back.
+      std::vector<bool> second = {v ? x.stage >= 2 : x.microbatch >= 2};
+      if (x.kind == op::overlapped_forward_backward) second.push_back(v ? x.stage_b >= 2 : x.microbatch_b >= 2);
+      REQUIRE(texts.size() == second.size());
+      for (std::size_t k = 0; k < texts.size(); ++k) {
+        const auto fill = texts[k]->attributes.find("fill");
+        const bool is_white = fill != texts[k]->attributes.end() && fill->second == "#FFFFFF";
+        REQUIRE(is_white == second[k]);
+        (is_white ? white : black) += 1;
+      }
+    }
+    REQUIRE(white > 0);
+    REQUIRE(black > 0);
+  }
+  // Without the schedule, every number is black.
+  const simulation s = simulate(schedules::dualpipe(2, 4, {.with_communication = false}));
+  REQUIRE(format_svg(s).find("fill=\"#FFFFFF\">") == std::string::npos);
+}

@@ -25,6 +25,7 @@ void write_svg(std::ostream& out, const schedule_table& table, const simulation&
   title += makespan;
   svg_options options;
   options.title = title;
+  options.schedule = info;
   // Draw an overlapped pair split as its two halves would run alone.
   const double sum = costs.forward + costs.backward;
   options.forward_share = sum > 0.0 ? costs.forward / sum : 0.5;

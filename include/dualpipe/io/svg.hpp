@@ -1,7 +1,8 @@
 // A timeline as an SVG picture in the style of the DualPipe paper's schedule
 // figures: one row per rank, one cell per compute instruction (forward,
 // backward, backward-input, backward-weight, overlapped pair split into its
-// forward and backward parts) in distinct colours with its micro-batch number,
+// forward and backward parts) in distinct colours with its micro-batch number
+// (white on a micro-batch's second leg when the schedule is known),
 // idle time left white on a faint grid of time units, and a legend. Standard
 // library only.
 #pragma once
@@ -18,6 +19,7 @@
 #include "dualpipe/analysis/simulate.hpp"
 #include "dualpipe/schedule/action_syntax.hpp"
 #include "dualpipe/schedule/instruction.hpp"
+#include "dualpipe/schedule/table.hpp"
 
 namespace dualpipe {
 
@@ -32,6 +34,11 @@ struct svg_options {
   bool numbers = true;    // micro-batch numbers in the cells
   std::string_view title{};
   std::string_view rank_label = "Rank";
+  // The table's info, if known: numbers of cells on a micro-batch's second
+  // leg (DualPipe's reverse direction, the way back up a V, odd loops of an
+  // interleaved schedule) are then white, as in the paper's figures, so that
+  // a rank's two stages read apart.
+  schedule_info schedule{};
 };
 
 namespace detail {
@@ -115,7 +122,7 @@ class svg_writer {
 
   // Text centred on (x, y) unless `anchor` says otherwise.
   void text(double x, double y, std::string_view s, double size, std::string_view anchor = "middle",
-            std::string_view weight = "normal") {
+            std::string_view weight = "normal", std::string_view fill = "") {
     out_ += "<text x=\"";
     append_svg_number(out_, x);
     out_ += "\" y=\"";
@@ -130,19 +137,24 @@ class svg_writer {
       out_ += weight;
       out_ += "\"";
     }
+    if (!fill.empty()) {
+      out_ += " fill=\"";
+      out_ += fill;
+      out_ += "\"";
+    }
     out_ += ">";
     append_xml_text(out_, s);
     out_ += "</text>";
   }
 
   // A micro-batch number in a cell, shrunk to fit or left out if it cannot.
-  void number_in(double x, double y, double w, double h, int value) {
+  void number_in(double x, double y, double w, double h, int value, bool white = false) {
     std::string s;
     append_int(s, value);
     const double glyphs = static_cast<double>(s.size());
     const double size = std::min(h * 0.6, (w - 2.0) / (0.6 * glyphs));
     if (size < 6.0) return;
-    text(x + w / 2.0, y + h / 2.0, s, size);
+    text(x + w / 2.0, y + h / 2.0, s, size, "middle", "normal", white ? "#FFFFFF" : "");
   }
 
   std::string& raw() { return out_; }
@@ -150,6 +162,17 @@ class svg_writer {
  private:
   std::string& out_;
 };
+
+// Whether (stage, micro-batch) is on its micro-batch's second leg.
+[[nodiscard]] constexpr bool svg_second_leg(const schedule_info& info, int stage, int mb) noexcept {
+  if (info.ranks <= 0) return false;
+  switch (info.where) {
+    case placement::mirrored: return mb >= info.microbatches / 2;
+    case placement::v_shape: return stage >= info.ranks;
+    case placement::linear: return (stage / info.ranks) % 2 == 1;
+    default: return false;
+  }
+}
 
 // Rough width of sans-serif text: enough to lay out labels without a font.
 [[nodiscard]] constexpr double svg_text_width(std::string_view s, double size) noexcept {
@@ -275,12 +298,16 @@ class svg_writer {
       w.rect(cx + fw, cy, cw - fw, row, svg_style(op::backward).fill, "");
       w.rect(cx, cy, cw, row, "none", "#000000");
       if (options.numbers) {
-        w.number_in(cx, cy, fw, row, x.microbatch);
-        w.number_in(cx + fw, cy, cw - fw, row, x.microbatch_b);
+        w.number_in(cx, cy, fw, row, x.microbatch,
+                    detail::svg_second_leg(options.schedule, x.stage, x.microbatch));
+        w.number_in(cx + fw, cy, cw - fw, row, x.microbatch_b,
+                    detail::svg_second_leg(options.schedule, x.stage_b, x.microbatch_b));
       }
     } else {
       w.rect(cx, cy, cw, row, style.fill, "#000000");
-      if (options.numbers) w.number_in(cx, cy, cw, row, x.microbatch);
+      if (options.numbers)
+        w.number_in(cx, cy, cw, row, x.microbatch,
+                    detail::svg_second_leg(options.schedule, x.stage, x.microbatch));
     }
     out += "</g>\n";
   }
