@@ -16,4 +16,6 @@ static_assert([] {
   return true;
 }());
 
-int main() { std::printf("rank 0 runs %zu instructions\n", table.rank(0).size()); }
+int main() {
+  std::printf("rank 0 runs %zu instructions\n", table.rank(0).size());
+}

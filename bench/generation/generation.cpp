@@ -24,8 +24,12 @@ void generate(benchmark::State& state, bool v_shape) {
       static_cast<double>(instructions), benchmark::Counter::kIsIterationInvariantRate);
 }
 
-void dualpipe_generation(benchmark::State& state) { generate(state, false); }
-void dualpipev_generation(benchmark::State& state) { generate(state, true); }
+void dualpipe_generation(benchmark::State& state) {
+  generate(state, false);
+}
+void dualpipev_generation(benchmark::State& state) {
+  generate(state, true);
+}
 
 void sizes(benchmark::internal::Benchmark* b) {
   for (const std::int64_t P : {4, 16, 64, 256})

@@ -11,6 +11,7 @@
 #include "dualpipe/analysis/validate.hpp"
 #include "dualpipe/io/csv.hpp"
 #include "dualpipe/schedule/dualpipe.hpp"
+#include "dualpipe/schedule/registry.hpp"
 
 using namespace dualpipe;
 
@@ -59,9 +60,9 @@ void check_error(std::string_view text, std::size_t line, std::size_t column,
     CHECK(e.line() == line);
     CHECK(e.column() == column);
     CHECK_THAT(e.expected(), Catch::Contains(std::string(fragment)));
-    CHECK_THAT(std::string(e.what()), Catch::StartsWith("CSV line " + std::to_string(line) +
-                                                        ", column " + std::to_string(column) +
-                                                        ": "));
+    CHECK_THAT(std::string(e.what()),
+               Catch::StartsWith("CSV line " + std::to_string(line) + ", column " +
+                                 std::to_string(column) + ": "));
   }
 }
 
@@ -102,9 +103,9 @@ TEST_CASE("export with communication, with and without COMMIT", "[csv]") {
 }
 
 TEST_CASE("import infers sizes, kinds and an explicit placement", "[csv]") {
-  const schedule_table t =
-      read_csv("0F0,0SEND_F0,COMMIT,0RECV_B0,COMMIT,0B0\n"
-               "1RECV_F0,COMMIT,1F0,1I0,1SEND_B0,COMMIT,1W0\n");
+  const schedule_table t = read_csv(
+      "0F0,0SEND_F0,COMMIT,0RECV_B0,COMMIT,0B0\n"
+      "1RECV_F0,COMMIT,1F0,1I0,1SEND_B0,COMMIT,1W0\n");
   CHECK(t.info().kind == schedule_kind::custom);
   CHECK(t.info().ranks == 2);
   CHECK(t.info().stages == 2);
@@ -168,11 +169,11 @@ TEST_CASE("round trip of generated tables", "[csv]") {
         for (const bool forward_only : {false, true})
           for (const bool comm : {false, true}) {
             const generator_options options{forward_only, comm};
-            const schedule_table generated = v_shape ? schedules::dualpipev(P, N, options)
-                                                     : schedules::dualpipe(P, N, options);
-            INFO((v_shape ? "dualpipev" : "dualpipe") << " P=" << P << " N=" << N
-                                                      << " forward_only=" << forward_only
-                                                      << " comm=" << comm);
+            const schedule_table generated =
+                v_shape ? schedules::dualpipev(P, N, options) : schedules::dualpipe(P, N, options);
+            INFO((v_shape ? "dualpipev" : "dualpipe")
+                 << " P=" << P << " N=" << N << " forward_only=" << forward_only
+                 << " comm=" << comm);
             const std::string text =
                 write_csv(generated, comm ? csv_content::with_commit : csv_content::compute_only);
             // The caller names the kind (and DualPipeV's V placement, which
@@ -181,6 +182,8 @@ TEST_CASE("round trip of generated tables", "[csv]") {
             given.kind = v_shape ? schedule_kind::dualpipev : schedule_kind::dualpipe;
             given.where = v_shape ? placement::v_shape : placement::mirrored;
             CHECK(read_csv(text, given) == generated);
+            // Or just the kind, which brings its placement.
+            CHECK(read_csv(text, given.kind) == generated);
 
             // Inferred: DualPipe is recognised as mirrored; DualPipeV, whose
             // stages each run on one rank, becomes an explicit map.
@@ -204,6 +207,32 @@ TEST_CASE("round trip of generated tables", "[csv]") {
             CHECK(validate(inferred).ok);
             CHECK(write_csv(inferred, csv_content::with_commit) == text);
           }
+}
+
+TEST_CASE("round trip of every registered schedule, given its kind", "[csv]") {
+  for (const schedule_entry& e : schedule_registry())
+    for (const bool comm : {false, true}) {
+      INFO(e.name << " comm=" << comm);
+      const schedule_table generated = make_schedule(e.name, {4, 16, {false, comm}, {}});
+      const std::string text =
+          write_csv(generated, comm ? csv_content::with_commit : csv_content::compute_only);
+      CHECK(read_csv(text, generated.info().kind) == generated);
+    }
+}
+
+TEST_CASE("a kind whose placement contradicts the text is an error", "[csv]") {
+  try {
+    (void)read_csv(dualpipe_2x4_csv, schedule_kind::dualpipev);
+    FAIL("no csv_error");
+  } catch (const csv_error& e) {
+    CHECK(e.line() == 1);
+    CHECK(e.column() == 5);
+    CHECK(e.expected() ==
+          "stage 1 of micro-batch 2 runs on rank 0 here, but a dualpipev table (placement "
+          "v-shape) runs it on rank 1");
+  }
+  // custom has no placement of its own: inference as without a kind.
+  CHECK(read_csv(dualpipe_2x4_csv, schedule_kind::custom).info().where == placement::mirrored);
 }
 
 TEST_CASE("PyTorch's compute + comms format: SEND/RECV without COMMIT", "[csv]") {
@@ -252,7 +281,8 @@ TEST_CASE("import errors name the line, the column and what was expected", "[csv
   check_error("0F-1", 1, 3, "expected a micro-batch number");
   check_error("0F\t1", 1, 3, "expected a micro-batch number");
   check_error("0F0;0F1", 1, 4, "unexpected text after the action");
-  check_error(std::string_view("0F0\0", 4), 1, 4, "unexpected text after the action in action \"0F0\\x00\"");
+  check_error(std::string_view("0F0\0", 4), 1, 4,
+              "unexpected text after the action in action \"0F0\\x00\"");
   check_error("COMMITX", 1, 1, "expected a stage number");
   check_error("1F0,0UNSHARD", 1, 6, "expected an action kind");
   check_error("(0B1;1B2)OVERLAP_F_B", 1, 2, "an overlapped pair starts with a forward");
@@ -321,8 +351,7 @@ TEST_CASE("random, mutated and truncated input never crashes", "[csv][fuzz]") {
   for (int iteration = 0; iteration < 20000; ++iteration) {
     std::string text(pick(60), '\0');
     const bool bytes = iteration % 4 == 0;
-    for (char& c : text)
-      c = bytes ? static_cast<char>(pick(256)) : alphabet[pick(alphabet.size())];
+    for (char& c : text) c = bytes ? static_cast<char>(pick(256)) : alphabet[pick(alphabet.size())];
     import_survives(text);
   }
 
@@ -336,9 +365,15 @@ TEST_CASE("random, mutated and truncated input never crashes", "[csv][fuzz]") {
     for (std::size_t edits = 1 + pick(4); edits > 0; --edits) {
       const std::size_t at = pick(text.size());
       switch (pick(3)) {
-        case 0: text[at] = alphabet[pick(alphabet.size())]; break;
-        case 1: text.insert(at, 1, alphabet[pick(alphabet.size())]); break;
-        default: text.erase(at, 1); break;
+        case 0:
+          text[at] = alphabet[pick(alphabet.size())];
+          break;
+        case 1:
+          text.insert(at, 1, alphabet[pick(alphabet.size())]);
+          break;
+        default:
+          text.erase(at, 1);
+          break;
       }
     }
     (import_survives(text) ? imported : rejected) += 1;
@@ -349,5 +384,6 @@ TEST_CASE("random, mutated and truncated input never crashes", "[csv][fuzz]") {
 
   // Every prefix of a table with communication.
   const std::string full = seeds[0];
-  for (std::size_t n = 0; n <= full.size(); ++n) import_survives(std::string_view(full).substr(0, n));
+  for (std::size_t n = 0; n <= full.size(); ++n)
+    import_survives(std::string_view(full).substr(0, n));
 }

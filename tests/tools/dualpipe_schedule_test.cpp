@@ -35,8 +35,10 @@ std::string tool_path() {
 std::string shell_quote(const std::string& s) {
   std::string out = "'";
   for (const char c : s) {
-    if (c == '\'') out += "'\\''";
-    else out.push_back(c);
+    if (c == '\'')
+      out += "'\\''";
+    else
+      out.push_back(c);
   }
   return out + "'";
 }
@@ -101,8 +103,8 @@ TEST_CASE("CSV has one line per rank and imports into a valid table", "[tools]")
 }
 
 TEST_CASE("--with-comm and --forward-only", "[tools]") {
-  const run_result comm = run({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8",
-                               "--with-comm"});
+  const run_result comm =
+      run({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--with-comm"});
   REQUIRE(comm.status == 0);
   CHECK(lines_of(comm.out).size() == 4);
   CHECK(comm.out.find("SEND_F") != std::string::npos);
@@ -111,8 +113,8 @@ TEST_CASE("--with-comm and --forward-only", "[tools]") {
   CHECK(table.info().with_communication);
   CHECK(dualpipe::validate(table).ok);
 
-  const run_result fwd = run({"--schedule", "dualpipev", "--ranks", "4", "--microbatches", "8",
-                              "--forward-only"});
+  const run_result fwd =
+      run({"--schedule", "dualpipev", "--ranks", "4", "--microbatches", "8", "--forward-only"});
   REQUIRE(fwd.status == 0);
   CHECK(fwd.out.find('B') == std::string::npos);
   CHECK(fwd.out.find('W') == std::string::npos);
@@ -120,8 +122,8 @@ TEST_CASE("--with-comm and --forward-only", "[tools]") {
 }
 
 TEST_CASE("--format grid", "[tools]") {
-  const run_result r = run({"--schedule", "dualpipe", "--ranks", "2", "--microbatches", "4",
-                            "--format", "grid"});
+  const run_result r =
+      run({"--schedule", "dualpipe", "--ranks", "2", "--microbatches", "4", "--format", "grid"});
   REQUIRE(r.status == 0);
   CHECK(r.err.empty());
   const auto lines = lines_of(r.out);
@@ -132,8 +134,8 @@ TEST_CASE("--format grid", "[tools]") {
 }
 
 TEST_CASE("--format json", "[tools]") {
-  const run_result r = run({"--schedule", "dualpipev", "--ranks", "3", "--microbatches", "6",
-                            "--format", "json"});
+  const run_result r =
+      run({"--schedule", "dualpipev", "--ranks", "3", "--microbatches", "6", "--format", "json"});
   REQUIRE(r.status == 0);
   const auto j = nlohmann::json::parse(r.out);
   CHECK(j.at("schedule") == "dualpipev");
@@ -189,10 +191,9 @@ TEST_CASE("error messages say what is wrong", "[tools]") {
              Catch::Contains("P even"));
   CHECK_THAT(run({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "6"}).err,
              Catch::Contains("N >= 2P"));
-  CHECK_THAT(run({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--format",
-                  "xml"})
-                 .err,
-             Catch::Contains("unknown format 'xml'") && Catch::Contains("grid"));
+  CHECK_THAT(
+      run({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--format", "xml"}).err,
+      Catch::Contains("unknown format 'xml'") && Catch::Contains("grid"));
   CHECK_THAT(run({"--schedule", "dualpipe", "--ranks", "four", "--microbatches", "8"}).err,
              Catch::Contains("--ranks"));
 }
@@ -201,8 +202,8 @@ TEST_CASE("--help documents every option and exits 0", "[tools]") {
   const run_result r = run({"--help"});
   CHECK(r.status == 0);
   CHECK(r.err.empty());
-  for (const char* option : {"--schedule", "--ranks", "--microbatches", "--forward-only",
-                             "--format", "--with-comm", "--help", "dualpipe", "dualpipev",
-                             "grid", "csv", "json"})
+  for (const char* option :
+       {"--schedule", "--ranks", "--microbatches", "--forward-only", "--format", "--with-comm",
+        "--help", "dualpipe", "dualpipev", "grid", "csv", "json"})
     CHECK_THAT(r.out, Catch::Contains(option));
 }

@@ -42,7 +42,9 @@ constexpr output_format formats[] = {
 
 }  // namespace
 
-std::span<const output_format> output_formats() { return formats; }
+std::span<const output_format> output_formats() {
+  return formats;
+}
 
 void add_output_options(CLI::App& app, output_options& options) {
   std::string help = "Output format (default csv), one of:";

@@ -35,12 +35,14 @@ int report(const std::string& message, int status) {
 
 int main(int argc, char** argv) {
   using namespace dualpipe::cli;
-  CLI::App app{"Prints a pipeline-parallel schedule (DualPipe, DualPipeV, ...) as PyTorch CSV, "
-               "a text grid or JSON.",
-               "dualpipe-schedule"};
+  CLI::App app{
+      "Prints a pipeline-parallel schedule (DualPipe, DualPipeV, ...) as PyTorch CSV, "
+      "a text grid or JSON.",
+      "dualpipe-schedule"};
   app.get_formatter()->column_width(32);
-  app.footer("Example: dualpipe-schedule --schedule dualpipe --ranks 8 --microbatches 20 "
-             "--format grid\nErrors: one line on stderr and exit status 2.");
+  app.footer(
+      "Example: dualpipe-schedule --schedule dualpipe --ranks 8 --microbatches 20 "
+      "--format grid\nErrors: one line on stderr and exit status 2.");
 
   table_source source;
   add_table_source_options(app, source);

@@ -108,7 +108,9 @@ struct csv_action {
   return out;
 }
 
-[[nodiscard]] constexpr bool csv_blank(char c) noexcept { return c == ' ' || c == '\t'; }
+[[nodiscard]] constexpr bool csv_blank(char c) noexcept {
+  return c == ' ' || c == '\t';
+}
 
 // parse_action reads numbers into 31 bits and reports an overflowing one
 // vaguely; finding it first lets the error point at the number itself.
@@ -136,8 +138,7 @@ inline void csv_check_numbers(std::string_view field, std::size_t line, std::siz
 // Reads one line's fields into `out`. Blanks around a field are ignored and an
 // empty field is an idle slot (PyTorch writes None as an empty field); a field
 // may be wrapped in double quotes, as spreadsheet programs write them.
-inline void csv_parse_line(std::string_view text, std::size_t line,
-                           std::vector<csv_action>& out) {
+inline void csv_parse_line(std::string_view text, std::size_t line, std::vector<csv_action>& out) {
   std::size_t pos = 0;
   while (true) {
     while (pos < text.size() && csv_blank(text[pos])) ++pos;
@@ -146,7 +147,8 @@ inline void csv_parse_line(std::string_view text, std::size_t line,
     if (pos < text.size() && text[pos] == '"') {
       const std::size_t close = text.find('"', pos + 1);
       if (close == std::string_view::npos)
-        throw csv_error(line, pos + 1, "expected a closing '\"' for the quoted action on this line");
+        throw csv_error(line, pos + 1,
+                        "expected a closing '\"' for the quoted action on this line");
       start = pos + 1;
       field = text.substr(start, close - start);
       pos = close + 1;
@@ -191,8 +193,7 @@ inline void csv_parse_line(std::string_view text, std::size_t line,
 
 [[nodiscard]] constexpr bool csv_is_training_work(op k) noexcept {
   return k == op::backward || k == op::backward_input || k == op::backward_weight ||
-         k == op::overlapped_forward_backward || k == op::send_backward ||
-         k == op::recv_backward;
+         k == op::overlapped_forward_backward || k == op::send_backward || k == op::recv_backward;
 }
 
 // Where each stage first ran, to find one stage on two ranks.
@@ -201,7 +202,27 @@ struct csv_stage_seen {
   std::size_t line = 0;
 };
 
-inline schedule_table read_csv(std::string_view text, const schedule_info* given) {
+// The placement every table of a generated kind uses (none for custom).
+[[nodiscard]] constexpr std::optional<placement> placement_of_kind(schedule_kind kind) noexcept {
+  switch (kind) {
+    case schedule_kind::custom:
+      return std::nullopt;
+    case schedule_kind::dualpipe:
+      return placement::mirrored;
+    case schedule_kind::dualpipev:
+    case schedule_kind::zbv:
+      return placement::v_shape;
+    case schedule_kind::gpipe:
+    case schedule_kind::one_f_one_b:
+    case schedule_kind::zb1p:
+    case schedule_kind::interleaved_1f1b:
+      return placement::linear;
+  }
+  return std::nullopt;
+}
+
+inline schedule_table read_csv(std::string_view text, const schedule_info* given,
+                               std::optional<schedule_kind> kind) {
   // Lines: a final '\n' ends the last line rather than starting an empty one;
   // "\r\n" (what Python's csv module writes) counts as '\n'.
   std::vector<std::vector<csv_action>> ranks;
@@ -247,6 +268,10 @@ inline schedule_table read_csv(std::string_view text, const schedule_info* given
   info.microbatches = microbatches;
 
   std::optional<placement> where;
+  if (kind) {
+    info.kind = *kind;
+    where = placement_of_kind(*kind);
+  }
   if (given != nullptr) {
     info.kind = given->kind;
     where = given->where;
@@ -270,8 +295,7 @@ inline schedule_table read_csv(std::string_view text, const schedule_info* given
                                 csv_quote(format_action(x)));
           if (given->microbatches > 0 && m >= given->microbatches)
             throw csv_error(a.line, a.column,
-                            "expected micro-batches below " +
-                                std::to_string(given->microbatches) +
+                            "expected micro-batches below " + std::to_string(given->microbatches) +
                                 " (the given schedule's micro-batch count), found " +
                                 csv_quote(format_action(x)));
         }
@@ -342,6 +366,31 @@ inline schedule_table read_csv(std::string_view text, const schedule_info* given
   }
   info.where = *where;
 
+  // A kind's own placement must explain where the text runs each stage.
+  if (kind && info.where != placement::explicit_map) {
+    schedule_table probe(info);
+    const table_view layout = probe.view();
+    for (std::size_t r = 0; r < ranks.size(); ++r)
+      for (const csv_action& a : ranks[r]) {
+        const instruction& x = a.action;
+        if (x.kind == op::commit) continue;
+        for (const auto& [s, m] :
+             {std::pair{x.stage, x.microbatch},
+              std::pair{
+                  x.kind == op::overlapped_forward_backward ? x.stage_b : x.stage,
+                  x.kind == op::overlapped_forward_backward ? x.microbatch_b : x.microbatch}}) {
+          const int owner = layout.rank_of(s, m);
+          if (owner != static_cast<int>(r))
+            throw csv_error(a.line, a.column,
+                            "stage " + std::to_string(s) + " of micro-batch " + std::to_string(m) +
+                                " runs on rank " + std::to_string(r) + " here, but a " +
+                                schedule_name(*kind) + " table (placement " +
+                                placement_name(info.where) + ") runs it on rank " +
+                                std::to_string(owner));
+        }
+      }
+  }
+
   schedule_table table(info);
   if (info.where == placement::explicit_map) table.set_stage_ranks(std::move(stage_ranks));
   // The text names no peers: each is the rank of the neighbouring stage.
@@ -374,7 +423,16 @@ inline schedule_table read_csv(std::string_view text, const schedule_info* given
 // are the ranks of the neighbouring stages. The table is not validated: run
 // validate() on it. Throws csv_error for malformed text, never anything worse.
 [[nodiscard]] inline schedule_table read_csv(std::string_view text) {
-  return detail::read_csv(text, nullptr);
+  return detail::read_csv(text, nullptr, std::nullopt);
+}
+
+// As above, for a table the caller knows was made by `kind`'s generator: the
+// table gets that kind and its placement (mirrored for DualPipe, v-shape for
+// DualPipeV and ZB-V, linear for the others), so that exporting a generated
+// table and reading it back with its kind gives an equal table. A stage found
+// on a rank that placement does not give it is a csv_error.
+[[nodiscard]] inline schedule_table read_csv(std::string_view text, schedule_kind kind) {
+  return detail::read_csv(text, nullptr, kind);
 }
 
 // As above, but the caller names the schedule: `given.kind` and `given.where`
@@ -383,7 +441,7 @@ inline schedule_table read_csv(std::string_view text, const schedule_info* given
 // must fit in them). forward_only and with_communication are always read from
 // the text.
 [[nodiscard]] inline schedule_table read_csv(std::string_view text, const schedule_info& given) {
-  return detail::read_csv(text, &given);
+  return detail::read_csv(text, &given, std::nullopt);
 }
 
 }  // namespace dualpipe

@@ -65,8 +65,7 @@ namespace detail {
     for (const instruction& x : table.rank(r)) {
       if (x.kind == op::commit) continue;
       if (seen(x.stage, x.microbatch)) return true;
-      if (x.kind == op::overlapped_forward_backward && seen(x.stage_b, x.microbatch_b))
-        return true;
+      if (x.kind == op::overlapped_forward_backward && seen(x.stage_b, x.microbatch_b)) return true;
     }
   }
   return false;
