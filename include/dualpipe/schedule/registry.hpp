@@ -19,6 +19,11 @@
 #include <vector>
 
 #include "dualpipe/schedule/dualpipe.hpp"
+#include "dualpipe/schedule/gpipe.hpp"
+#include "dualpipe/schedule/interleaved_1f1b.hpp"
+#include "dualpipe/schedule/one_f_one_b.hpp"
+#include "dualpipe/schedule/zb1p.hpp"
+#include "dualpipe/schedule/zbv.hpp"
 #include "dualpipe/schedule/options.hpp"
 #include "dualpipe/schedule/table.hpp"
 
@@ -58,6 +63,10 @@ struct schedule_entry {
 
 namespace detail {
 
+inline constexpr schedule_parameter interleaved_1f1b_parameters[] = {
+    {"virtual-stages", "model stages per rank (V >= 2), for interleaved-1f1b", 2},
+};
+
 inline constexpr schedule_entry schedule_entries[] = {
     {"dualpipe",
      "DualPipe: rank r holds stages r and P-1-r; P even, N even, N >= 2P",
@@ -70,6 +79,38 @@ inline constexpr schedule_entry schedule_entries[] = {
      {},
      [](const schedule_request& q) {
        return schedules::dualpipev(q.ranks, q.microbatches, q.options);
+     }},
+    {"gpipe",
+     "GPipe: stage s on rank s; every forward, then every backward; N >= 1",
+     {},
+     [](const schedule_request& q) {
+       return schedules::gpipe(q.ranks, q.microbatches, q.options);
+     }},
+    {"1f1b",
+     "1F1B (PyTorch's Schedule1F1B): stage s on rank s; P-1-r warm-up forwards; N >= P",
+     {},
+     [](const schedule_request& q) {
+       return schedules::one_f_one_b(q.ranks, q.microbatches, q.options);
+     }},
+    {"zb1p",
+     "ZB1P / ZB-H1 (zero bubble): 1F1B with I/W split, W's delayed into the cool-down; N >= P",
+     {},
+     [](const schedule_request& q) {
+       return schedules::zb1p(q.ranks, q.microbatches, q.options);
+     }},
+    {"interleaved-1f1b",
+     "interleaved 1F1B (Megatron virtual pipeline): V stages per rank, stage s on rank s % P; "
+     "N a multiple of P",
+     interleaved_1f1b_parameters,
+     [](const schedule_request& q) {
+       return schedules::interleaved_1f1b(q.ranks, q.microbatches,
+                                          q.parameter("virtual-stages"), q.options);
+     }},
+    {"zbv",
+     "ZB-V (zero bubble): 2P stages in a V, rank r holds r and 2P-1-r; N >= 1",
+     {},
+     [](const schedule_request& q) {
+       return schedules::zbv(q.ranks, q.microbatches, q.options);
      }},
 };
 
