@@ -96,11 +96,11 @@ void published_table(const setting& s) {
         activations = std::max(activations, r.peak_activations);
       }
       const bool same = std::abs(sim.bubble_max - p.bubble) < 1e-9;
-      std::printf("| %d | %s | %d | %s = %s | %s%s | %dx / %dx | %s = %d / %d | %s |\n", PP, p.name,
-                  p.devices, p.bubble_formula, number(p.bubble).c_str(), number(sim.bubble_max).c_str(),
-                  same ? "" : (p.exact ? " (differs!)" : " (differs: assumptions not met)"),
-                  p.params, params, p.activations_formula, p.activations, activations,
-                  number(sim.makespan).c_str());
+      std::printf(
+          "| %d | %s | %d | %s = %s | %s%s | %dx / %dx | %s = %d / %d | %s |\n", PP, p.name,
+          p.devices, p.bubble_formula, number(p.bubble).c_str(), number(sim.bubble_max).c_str(),
+          same ? "" : (p.exact ? " (differs!)" : " (differs: assumptions not met)"), p.params,
+          params, p.activations_formula, p.activations, activations, number(sim.makespan).c_str());
     }
   }
   std::printf("\n");
@@ -152,8 +152,8 @@ void same_devices_table(const cost_model& model) {
       }
       std::printf("| %d | %s | %d | %s | %s | %s%% | %sx | %s |\n", D, e.name, stages,
                   number(sim.makespan).c_str(), number(sim.bubble_max).c_str(),
-                  number(100.0 * sim.bubble_max / sim.makespan).c_str(), number(copies * share).c_str(),
-                  number(activations * share).c_str());
+                  number(100.0 * sim.bubble_max / sim.makespan).c_str(),
+                  number(copies * share).c_str(), number(activations * share).c_str());
     }
   }
   std::printf("\n");

@@ -38,13 +38,13 @@ struct costs4 {
 // Costs for which the closed forms are exact; dyadic so that sums are exact.
 std::vector<costs4> dualpipe_costs() {
   std::vector<costs4> out = {{1, 2, 1, 2.5}, {1, 2, 1, 2}, {1, 2, 1, 3}, {1.5, 2.5, 1, 3.25},
-                             {2, 3, 1, 4.5}, {2, 4, 2, 5},  {3, 4, 1, 6}};
+                             {2, 3, 1, 4.5}, {2, 4, 2, 5}, {3, 4, 1, 6}};
   std::mt19937 random(7);
   std::uniform_int_distribution<int> eighths(1, 32);
   for (int i = 0; i < 6; ++i) {
     const double F = eighths(random) / 8.0;
-    const double W = std::min(F, eighths(random) / 8.0);  // W <= F
-    const double B = F + W;                               // F = I
+    const double W = std::min(F, eighths(random) / 8.0);    // W <= F
+    const double B = F + W;                                 // F = I
     const double FB = B + F * (eighths(random) % 9) / 8.0;  // B <= F&B <= F + B
     out.push_back({F, B, W, FB});
   }
@@ -54,7 +54,8 @@ std::vector<costs4> dualpipe_costs() {
 }  // namespace
 
 TEST_CASE("1F1B: every rank's bubble is (P-1)(F+B), peak activations P, one stage") {
-  for (const costs4 c : {costs4{1, 2, 1, 3}, costs4{1, 1, 0, 2}, costs4{0.5, 1.75, 0.25, 2}, costs4{3, 2, 2, 5}})
+  for (const costs4 c :
+       {costs4{1, 2, 1, 3}, costs4{1, 1, 0, 2}, costs4{0.5, 1.75, 0.25, 2}, costs4{3, 2, 2, 5}})
     for (const int P : {1, 2, 3, 4, 8, 16, 32})
       for (const int N : {P, P + 1, 2 * P, 3 * P + 2}) {
         INFO("P=" << P << " N=" << N << " F=" << c.F << " B=" << c.B);
@@ -76,7 +77,8 @@ TEST_CASE("1F1B: every rank's bubble is (P-1)(F+B), peak activations P, one stag
 TEST_CASE("GPipe: the same bubble as 1F1B but N activations") {
   for (const int P : {2, 4, 8})
     for (const int N : {P, 2 * P}) {
-      const simulation s = simulate(schedules::gpipe(P, N, compute_only), cost_model{1, 2, 1, 3, 0});
+      const simulation s =
+          simulate(schedules::gpipe(P, N, compute_only), cost_model{1, 2, 1, 3, 0});
       REQUIRE(s.bubble_max == (P - 1) * 3.0);
       REQUIRE(s.bubble_min == (P - 1) * 3.0);
       REQUIRE(s.ranks[0].peak_activations == N);
@@ -84,8 +86,8 @@ TEST_CASE("GPipe: the same bubble as 1F1B but N activations") {
 }
 
 TEST_CASE("ZB1P: every rank's bubble is (P-1)(F+B-2W) when W <= min(F, I)") {
-  for (const costs4 c : {costs4{1, 2, 1, 3}, costs4{1, 2, 0.5, 3}, costs4{2, 3, 1, 5}, costs4{1, 3, 1, 4},
-                         costs4{1, 1, 0.5, 2}, costs4{1, 2, 0, 3}})
+  for (const costs4 c : {costs4{1, 2, 1, 3}, costs4{1, 2, 0.5, 3}, costs4{2, 3, 1, 5},
+                         costs4{1, 3, 1, 4}, costs4{1, 1, 0.5, 2}, costs4{1, 2, 0, 3}})
     for (const int P : {1, 2, 3, 4, 8, 16, 32})
       for (const int N : {P, 2 * P, 3 * P + 1}) {
         INFO("P=" << P << " N=" << N << " F=" << c.F << " B=" << c.B << " W=" << c.W);
@@ -108,17 +110,21 @@ TEST_CASE("ZB1P: a W larger than I breaks the closed form") {
   REQUIRE(s.bubble_max > 7 * (1 + 2 - 2 * 1.5));
 }
 
-TEST_CASE("DualPipe: bubble_max is (PP/2-1)(F&B+B-3W) on the middle ranks, activations PP+1, 2x parameters") {
+TEST_CASE(
+    "DualPipe: bubble_max is (PP/2-1)(F&B+B-3W) on the middle ranks, activations PP+1, 2x "
+    "parameters") {
   for (const costs4 c : dualpipe_costs())
     for (const int P : {2, 4, 6, 8, 16, 32})
       for (const int N : {2 * P, 2 * P + 2, 3 * P, 4 * P}) {
         if (N % 2 != 0) continue;
-        INFO("P=" << P << " N=" << N << " F=" << c.F << " B=" << c.B << " W=" << c.W << " FB=" << c.FB);
+        INFO("P=" << P << " N=" << N << " F=" << c.F << " B=" << c.B << " W=" << c.W
+                  << " FB=" << c.FB);
         const simulation s =
             simulate(schedules::dualpipe(P, N, compute_only), cost_model{c.F, c.B, c.W, c.FB, 0.0});
         const double published = (P / 2 - 1) * (c.FB + c.B - 3 * c.W);
         REQUIRE(s.bubble_max == Approx(published).margin(1e-12));
-        REQUIRE(s.ranks[static_cast<std::size_t>(P / 2 - 1)].bubble == Approx(published).margin(1e-12));
+        REQUIRE(s.ranks[static_cast<std::size_t>(P / 2 - 1)].bubble ==
+                Approx(published).margin(1e-12));
         REQUIRE(s.ranks[static_cast<std::size_t>(P / 2)].bubble == Approx(published).margin(1e-12));
         for (const rank_summary& r : s.ranks) {
           REQUIRE(r.peak_activations == P + 1);
@@ -131,10 +137,11 @@ TEST_CASE("DualPipeV: the same figure with PP = 2P stages on P ranks") {
   for (const costs4 c : dualpipe_costs())
     for (const int P : {2, 3, 4, 8, 16, 32})
       for (const int N : {2 * P, 2 * P + 1, 4 * P}) {
-        INFO("P=" << P << " N=" << N << " F=" << c.F << " B=" << c.B << " W=" << c.W << " FB=" << c.FB);
+        INFO("P=" << P << " N=" << N << " F=" << c.F << " B=" << c.B << " W=" << c.W
+                  << " FB=" << c.FB);
         const int PP = 2 * P;
-        const simulation s =
-            simulate(schedules::dualpipev(P, N, compute_only), cost_model{c.F, c.B, c.W, c.FB, 0.0});
+        const simulation s = simulate(schedules::dualpipev(P, N, compute_only),
+                                      cost_model{c.F, c.B, c.W, c.FB, 0.0});
         const double published = (PP / 2 - 1) * (c.FB + c.B - 3 * c.W);
         REQUIRE(s.bubble_max == Approx(published).margin(1e-12));
         REQUIRE(s.ranks.back().bubble == Approx(published).margin(1e-12));

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <map>
 #include <random>
 #include <set>
@@ -53,8 +54,12 @@ reference_result reference_simulate(const table_view& t, const costs5& c) {
       const int pos = static_cast<int>(ranks[static_cast<std::size_t>(r)].size());
       ranks[static_cast<std::size_t>(r)].push_back({r, x});
       switch (x.kind) {
-        case op::forward: producer[{0, x.stage, x.microbatch}] = {r, pos}; break;
-        case op::backward: producer[{1, x.stage, x.microbatch}] = {r, pos}; break;
+        case op::forward:
+          producer[{0, x.stage, x.microbatch}] = {r, pos};
+          break;
+        case op::backward:
+          producer[{1, x.stage, x.microbatch}] = {r, pos};
+          break;
         case op::backward_input:
           producer[{1, x.stage, x.microbatch}] = {r, pos};
           producer[{2, x.stage, x.microbatch}] = {r, pos};
@@ -63,18 +68,24 @@ reference_result reference_simulate(const table_view& t, const costs5& c) {
           producer[{0, x.stage, x.microbatch}] = {r, pos};
           producer[{1, x.stage_b, x.microbatch_b}] = {r, pos};
           break;
-        default: break;
+        default:
+          break;
       }
       ++total;
     }
   }
   auto duration = [&](const instruction& x) {
     switch (x.kind) {
-      case op::forward: return c.F;
-      case op::backward: return c.B;
-      case op::backward_input: return c.B - c.W;
-      case op::backward_weight: return c.W;
-      default: return c.FB;
+      case op::forward:
+        return c.F;
+      case op::backward:
+        return c.B;
+      case op::backward_input:
+        return c.B - c.W;
+      case op::backward_weight:
+        return c.W;
+      default:
+        return c.FB;
     }
   };
   auto input_end = [&](int r, int kind, int s, int m) {
@@ -102,12 +113,16 @@ reference_result reference_simulate(const table_view& t, const costs5& c) {
       for (item& it : list) {
         double ready = 0.0;
         switch (it.x.kind) {
-          case op::forward: ready = forward_ready(it.rank, it.x.stage, it.x.microbatch); break;
+          case op::forward:
+            ready = forward_ready(it.rank, it.x.stage, it.x.microbatch);
+            break;
           case op::backward:
           case op::backward_input:
             ready = backward_ready(it.rank, it.x.stage, it.x.microbatch);
             break;
-          case op::backward_weight: ready = input_end(it.rank, 2, it.x.stage, it.x.microbatch); break;
+          case op::backward_weight:
+            ready = input_end(it.rank, 2, it.x.stage, it.x.microbatch);
+            break;
           default:
             ready = std::max(forward_ready(it.rank, it.x.stage, it.x.microbatch),
                              backward_ready(it.rank, it.x.stage_b, it.x.microbatch_b));
@@ -148,7 +163,8 @@ reference_result reference_simulate(const table_view& t, const costs5& c) {
         live.insert({x.stage, x.microbatch});
         peak = std::max(peak, live.size());
       }
-      if (x.kind == op::backward || x.kind == op::backward_input) live.erase({x.stage, x.microbatch});
+      if (x.kind == op::backward || x.kind == op::backward_input)
+        live.erase({x.stage, x.microbatch});
       if (x.kind == op::overlapped_forward_backward) live.erase({x.stage_b, x.microbatch_b});
     }
     out.peak.push_back(static_cast<int>(peak));
@@ -169,7 +185,8 @@ void require_agreement(const std::string& name, const table_view& t, const costs
     const rank_summary& g = got.ranks[static_cast<std::size_t>(r)];
     REQUIRE(g.rank == r);
     REQUIRE(g.busy == Approx(want.busy[static_cast<std::size_t>(r)]).epsilon(1e-12));
-    REQUIRE(g.bubble == Approx(want.bubble[static_cast<std::size_t>(r)]).epsilon(1e-12).margin(1e-9));
+    REQUIRE(g.bubble ==
+            Approx(want.bubble[static_cast<std::size_t>(r)]).epsilon(1e-12).margin(1e-9));
     REQUIRE(g.peak_activations == want.peak[static_cast<std::size_t>(r)]);
     bubble_max = std::max(bubble_max, want.bubble[static_cast<std::size_t>(r)]);
   }
@@ -183,10 +200,11 @@ void require_agreement(const std::string& name, const table_view& t, const costs
       const timed_instruction& e = got.timeline[k];
       if (first_difference.empty() &&
           (e.rank != r || std::abs(e.start - start) > 1e-9 || std::abs(e.end - end) > 1e-9))
-        first_difference = "timeline entry " + std::to_string(k) + " (rank " + std::to_string(e.rank) +
-                           ", " + format_action(e.what) + ") runs [" + std::to_string(e.start) + ", " +
-                           std::to_string(e.end) + "], expected rank " + std::to_string(r) + " [" +
-                           std::to_string(start) + ", " + std::to_string(end) + "]";
+        first_difference = "timeline entry " + std::to_string(k) + " (rank " +
+                           std::to_string(e.rank) + ", " + format_action(e.what) + ") runs [" +
+                           std::to_string(e.start) + ", " + std::to_string(e.end) +
+                           "], expected rank " + std::to_string(r) + " [" + std::to_string(start) +
+                           ", " + std::to_string(end) + "]";
       ++k;
     }
   REQUIRE(first_difference == "");
@@ -258,9 +276,10 @@ TEST_CASE("SEND/RECV/COMMIT do not change the simulation") {
 TEST_CASE("a two-rank pipeline of one micro-batch, by hand") {
   // rank 0: F0 then B0 of stage 0; rank 1: F and B of stage 1.
   const auto t = hand_table(linear_info(2, 2, 1), {{make_forward(0, 0), make_backward(0, 0)},
-                                                  {make_forward(1, 0), make_backward(1, 0)}});
+                                                   {make_forward(1, 0), make_backward(1, 0)}});
   // F0 [0,1]; F1 [1+c, 2+c]; B1 [2+c, 4+c]; B0 [4+2c, 6+2c].
-  const simulation s = simulate(t, cost_model{.forward = 1, .backward = 2, .weight = 1, .comm = 0.5});
+  const simulation s =
+      simulate(t, cost_model{.forward = 1, .backward = 2, .weight = 1, .comm = 0.5});
   REQUIRE(s.makespan == 7.0);
   REQUIRE(s.ranks[0].busy == 3.0);
   REQUIRE(s.ranks[1].busy == 3.0);
@@ -282,12 +301,12 @@ TEST_CASE("backward-input and weight gradient, overlapped pair, local hand-off")
   // One rank holds both stages (no comm on the local hand-off), two
   // micro-batches: F0 F1 (stage 0 mb 0, stage 1 mb 0), then I of stage 1,
   // overlapped (F stage 0 mb 1; B stage 0 mb 0), F of stage 1 mb 1, B, B, W.
-  const auto t = hand_table(
-      linear_info(1, 2, 2),
-      {{make_forward(0, 0), make_forward(1, 0), make_backward_input(1, 0), make_overlapped(0, 1, 0, 0),
-        make_forward(1, 1), make_backward(1, 1), make_backward(0, 1), make_backward_weight(1, 0)}});
-  const simulation s =
-      simulate(t, cost_model{.forward = 1, .backward = 3, .weight = 1, .overlapped = 3.5, .comm = 10});
+  const auto t = hand_table(linear_info(1, 2, 2),
+                            {{make_forward(0, 0), make_forward(1, 0), make_backward_input(1, 0),
+                              make_overlapped(0, 1, 0, 0), make_forward(1, 1), make_backward(1, 1),
+                              make_backward(0, 1), make_backward_weight(1, 0)}});
+  const simulation s = simulate(
+      t, cost_model{.forward = 1, .backward = 3, .weight = 1, .overlapped = 3.5, .comm = 10});
   // 1 + 1 + (3-1) + 3.5 + 1 + 3 + 3 + 1 = 15.5, back to back: no input ever waits.
   REQUIRE(s.makespan == 15.5);
   REQUIRE(s.ranks[0].bubble == 0.0);
@@ -301,7 +320,7 @@ TEST_CASE("backward-input and weight gradient, overlapped pair, local hand-off")
 
 TEST_CASE("per-stage costs: override and scale") {
   const auto t = hand_table(linear_info(2, 2, 1), {{make_forward(0, 0), make_backward(0, 0)},
-                                                  {make_forward(1, 0), make_backward(1, 0)}});
+                                                   {make_forward(1, 0), make_backward(1, 0)}});
   const stage_costs per_stage[] = {{1, 2, 1, 3}, {2, 4, 1, 6}};
   const double scale[] = {1.0, 0.5};
   SECTION("override") {
@@ -318,10 +337,10 @@ TEST_CASE("per-stage costs: override and scale") {
     REQUIRE(s.ranks[0].bubble == 3.0);
   }
   SECTION("an overlapped pair costs the mean of its two stages' F&B") {
-    const auto one = hand_table(linear_info(1, 2, 2),
-                                {{make_forward(0, 0), make_forward(1, 0), make_overlapped(0, 1, 1, 0),
-                                  make_forward(1, 1), make_backward(0, 0), make_backward(1, 1),
-                                  make_backward(0, 1)}});
+    const auto one = hand_table(
+        linear_info(1, 2, 2),
+        {{make_forward(0, 0), make_forward(1, 0), make_overlapped(0, 1, 1, 0), make_forward(1, 1),
+          make_backward(0, 0), make_backward(1, 1), make_backward(0, 1)}});
     const simulation s = simulate(one, cost_model{.per_stage = per_stage});
     REQUIRE(s.timeline[2].end - s.timeline[2].start == 4.5);
   }
@@ -331,11 +350,10 @@ TEST_CASE("a table that cannot run is an error naming the stuck instructions") {
   SECTION("a cycle across two ranks") {
     // rank 0 runs B of micro-batch 0 before F of micro-batch 1; rank 1 runs
     // F of micro-batch 1 before B of micro-batch 0: each waits on the other.
-    const auto t = hand_table(linear_info(2, 2, 2),
-                              {{make_forward(0, 0), make_backward(0, 0), make_forward(0, 1),
-                                make_backward(0, 1)},
-                               {make_forward(1, 1), make_forward(1, 0), make_backward(1, 0),
-                                make_backward(1, 1)}});
+    const auto t = hand_table(
+        linear_info(2, 2, 2),
+        {{make_forward(0, 0), make_backward(0, 0), make_forward(0, 1), make_backward(0, 1)},
+         {make_forward(1, 1), make_forward(1, 0), make_backward(1, 0), make_backward(1, 1)}});
     try {
       (void)simulate(t);
       FAIL("expected an exception");
@@ -345,30 +363,36 @@ TEST_CASE("a table that cannot run is an error naming the stuck instructions") {
       REQUIRE(what.find("cannot run") != std::string::npos);
       REQUIRE(what.find("rank 0 waits at instruction 1 (0B0) for 1B0 or its I (rank 1)") !=
               std::string::npos);
-      REQUIRE(what.find("rank 1 waits at instruction 0 (1F1) for 0F1 (rank 0)") != std::string::npos);
+      REQUIRE(what.find("rank 1 waits at instruction 0 (1F1) for 0F1 (rank 0)") !=
+              std::string::npos);
     }
   }
   SECTION("a backward before its own forward") {
     const auto t = hand_table(linear_info(2, 2, 1), {{make_backward(0, 0), make_forward(0, 0)},
-                                                    {make_forward(1, 0), make_backward(1, 0)}});
-    REQUIRE_THROWS_WITH(simulate(t), Catch::Contains("rank 0 waits at instruction 0 (0B0) for 0F0 (rank 0)") &&
-                                         Catch::Contains("rank 1 waits at instruction 0 (1F0) for 0F0"));
+                                                     {make_forward(1, 0), make_backward(1, 0)}});
+    REQUIRE_THROWS_WITH(simulate(t),
+                        Catch::Contains("rank 0 waits at instruction 0 (0B0) for 0F0 (rank 0)") &&
+                            Catch::Contains("rank 1 waits at instruction 0 (1F0) for 0F0"));
   }
 }
 
 TEST_CASE("a W with no deferred I waits forever and is reported") {
-  const auto t = hand_table(linear_info(1, 1, 1),
-                            {{make_forward(0, 0), make_backward_weight(0, 0), make_backward_input(0, 0)}});
+  const auto t =
+      hand_table(linear_info(1, 1, 1),
+                 {{make_forward(0, 0), make_backward_weight(0, 0), make_backward_input(0, 0)}});
   REQUIRE_THROWS_WITH(simulate(t), Catch::Contains("rank 0 waits at instruction 1 (0W0) for 0I0"));
 }
 
 TEST_CASE("malformed tables and costs are errors with a precise message") {
   const auto dup = hand_table(linear_info(1, 1, 1),
                               {{make_forward(0, 0), make_forward(0, 0), make_backward(0, 0)}});
-  REQUIRE_THROWS_WITH(simulate(dup), Catch::Contains("rank 0, instruction 1 (0F0): a second forward"));
-  const auto w_after_b = hand_table(
-      linear_info(1, 1, 1), {{make_forward(0, 0), make_backward(0, 0), make_backward_weight(0, 0)}});
-  REQUIRE_THROWS_WITH(simulate(w_after_b), Catch::Contains("instruction 2 (0W0): a W for a micro-batch"));
+  REQUIRE_THROWS_WITH(simulate(dup),
+                      Catch::Contains("rank 0, instruction 1 (0F0): a second forward"));
+  const auto w_after_b =
+      hand_table(linear_info(1, 1, 1),
+                 {{make_forward(0, 0), make_backward(0, 0), make_backward_weight(0, 0)}});
+  REQUIRE_THROWS_WITH(simulate(w_after_b),
+                      Catch::Contains("instruction 2 (0W0): a W for a micro-batch"));
   const auto outside = hand_table(linear_info(1, 1, 1), {{make_forward(0, 3)}});
   REQUIRE_THROWS_WITH(simulate(outside), Catch::Contains("outside the table's sizes"));
 
@@ -382,6 +406,12 @@ TEST_CASE("malformed tables and costs are errors with a precise message") {
   REQUIRE_THROWS_WITH(simulate(ok, cost_model{.stage_scale = two}),
                       Catch::Contains("stage_scale has 2 entries, the table has 1 stages"));
   REQUIRE_NOTHROW(simulate(ok));
+
+  // A view whose offsets point past its instructions.
+  const instruction one[] = {make_forward(0, 0)};
+  const std::uint32_t offsets[] = {0, 5};
+  const table_view past_the_end{linear_info(1, 1, 1), one, offsets, {}};
+  REQUIRE_THROWS_WITH(simulate(past_the_end), Catch::Contains("offsets do not cover"));
 }
 
 TEST_CASE("the simulation is a constant expression") {
@@ -393,7 +423,8 @@ TEST_CASE("the simulation is a constant expression") {
   static_assert(summary.ranks[3].bubble == 4.5);  // a middle rank
   static_assert(summary.ranks[0].parameter_copies == 2);
   static_assert(summary.ranks[0].peak_activations == 9);
-  const simulation runtime = simulate(schedules::dualpipe(8, 20), cost_model{1.0, 2.0, 1.0, 2.5, 0.0});
+  const simulation runtime =
+      simulate(schedules::dualpipe(8, 20), cost_model{1.0, 2.0, 1.0, 2.5, 0.0});
   REQUIRE(runtime.makespan == summary.makespan);
   REQUIRE(runtime.bubble_min == summary.bubble_min);
 }

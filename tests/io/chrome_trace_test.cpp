@@ -28,7 +28,8 @@ std::string expected_name(const std::string& action) {
     const auto semicolon = action.find(';');
     const auto b = action.find('B', semicolon);
     const auto close = action.find(')');
-    return "F" + action.substr(f + 1, semicolon - f - 1) + "&B" + action.substr(b + 1, close - b - 1);
+    return "F" + action.substr(f + 1, semicolon - f - 1) + "&B" +
+           action.substr(b + 1, close - b - 1);
   }
   std::size_t i = 0;
   while (i < action.size() && action[i] >= '0' && action[i] <= '9') ++i;
@@ -39,15 +40,17 @@ std::string expected_name(const std::string& action) {
 
 TEST_CASE("a hand-made two-rank timeline, event by event") {
   schedule_table t({schedule_kind::custom, 2, 2, 2, placement::linear, false, false});
-  for (const instruction& x : {make_forward(0, 0), make_forward(0, 1), make_backward(0, 0), make_backward(0, 1)})
+  for (const instruction& x :
+       {make_forward(0, 0), make_forward(0, 1), make_backward(0, 0), make_backward(0, 1)})
     t.push(x);
   t.end_rank();
-  for (const instruction& x :
-       {make_forward(1, 0), make_overlapped(1, 1, 1, 0), make_backward_input(1, 1), make_backward_weight(1, 1)})
+  for (const instruction& x : {make_forward(1, 0), make_overlapped(1, 1, 1, 0),
+                               make_backward_input(1, 1), make_backward_weight(1, 1)})
     t.push(x);
   t.end_rank();
   // comm 0.5: F(1,0) [1.5, 2.5]; pair waits for F(0,1) (ends 2, +0.5) -> [2.5, 5.5].
-  const simulation s = simulate(t, cost_model{.forward = 1, .backward = 2, .weight = 1, .overlapped = 3, .comm = 0.5});
+  const simulation s = simulate(
+      t, cost_model{.forward = 1, .backward = 2, .weight = 1, .overlapped = 3, .comm = 0.5});
   const json trace = json::parse(format_chrome_trace(s, {.microseconds_per_unit = 10.0}));
   const json& events = trace.at("traceEvents");
   REQUIRE(events.is_array());

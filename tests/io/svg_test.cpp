@@ -54,13 +54,14 @@ class xml_reader {
     throw std::runtime_error("xml: " + why + " at offset " + std::to_string(pos_));
   }
   void skip_space() {
-    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\n' || s_[pos_] == '\t' || s_[pos_] == '\r'))
+    while (pos_ < s_.size() &&
+           (s_[pos_] == ' ' || s_[pos_] == '\n' || s_[pos_] == '\t' || s_[pos_] == '\r'))
       ++pos_;
   }
   std::string read_name() {
     const std::size_t start = pos_;
-    while (pos_ < s_.size() && (std::isalnum(static_cast<unsigned char>(s_[pos_])) || s_[pos_] == '-' ||
-                                s_[pos_] == '_' || s_[pos_] == ':'))
+    while (pos_ < s_.size() && (std::isalnum(static_cast<unsigned char>(s_[pos_])) ||
+                                s_[pos_] == '-' || s_[pos_] == '_' || s_[pos_] == ':'))
       ++pos_;
     if (pos_ == start) error("expected a name");
     return std::string(s_.substr(start, pos_ - start));
@@ -142,11 +143,16 @@ const element* find_id(const element& e, const std::string& id) {
 
 std::string class_of(op k) {
   switch (k) {
-    case op::forward: return "forward";
-    case op::backward: return "backward";
-    case op::backward_input: return "backward-input";
-    case op::backward_weight: return "backward-weight";
-    default: return "overlapped";
+    case op::forward:
+      return "forward";
+    case op::backward:
+      return "backward";
+    case op::backward_input:
+      return "backward-input";
+    case op::backward_weight:
+      return "backward-weight";
+    default:
+      return "overlapped";
   }
 }
 
@@ -177,7 +183,8 @@ TEST_CASE("every schedule's picture is well-formed, with one cell per compute") 
     for (int r = 0; r < entry.table.view().ranks(); ++r)
       for (const instruction& x : entry.table.rank(r))
         if (x.kind <= op::overlapped_forward_backward) {
-          want.emplace_back(class_of(x.kind), "rank " + std::to_string(r) + ": " + format_action(x));
+          want.emplace_back(class_of(x.kind),
+                            "rank " + std::to_string(r) + ": " + format_action(x));
           ++kinds[class_of(x.kind)];
         }
     REQUIRE(timeline->children.size() == want.size());
@@ -199,14 +206,16 @@ TEST_CASE("every schedule's picture is well-formed, with one cell per compute") 
 
 TEST_CASE("a hand-made timeline: colours, numbers, white idle time, legend") {
   schedule_table t({schedule_kind::custom, 2, 2, 2, placement::linear, false, false});
-  for (const instruction& x : {make_forward(0, 0), make_forward(0, 1), make_backward(0, 0), make_backward(0, 1)})
-    t.push(x);
-  t.end_rank();
   for (const instruction& x :
-       {make_forward(1, 0), make_overlapped(1, 1, 1, 0), make_backward_input(1, 1), make_backward_weight(1, 1)})
+       {make_forward(0, 0), make_forward(0, 1), make_backward(0, 0), make_backward(0, 1)})
     t.push(x);
   t.end_rank();
-  const simulation s = simulate(t, cost_model{.forward = 1, .backward = 2, .weight = 1, .overlapped = 3});
+  for (const instruction& x : {make_forward(1, 0), make_overlapped(1, 1, 1, 0),
+                               make_backward_input(1, 1), make_backward_weight(1, 1)})
+    t.push(x);
+  t.end_rank();
+  const simulation s =
+      simulate(t, cost_model{.forward = 1, .backward = 2, .weight = 1, .overlapped = 3});
   const svg_options options{.unit = 10.0, .row_height = 20.0, .forward_share = 0.25};
   const element root = xml_reader(format_svg(s, options)).document();
   const element* timeline = find_id(root, "timeline");
@@ -238,7 +247,8 @@ TEST_CASE("a hand-made timeline: colours, numbers, white idle time, legend") {
   }
   REQUIRE(single.size() == 4);
   REQUIRE(single.count("#FFFFFF") == 0);
-  REQUIRE(fills["overlapped"] == std::set<std::string>{*fills["forward"].begin(), *fills["backward"].begin()});
+  REQUIRE(fills["overlapped"] ==
+          std::set<std::string>{*fills["forward"].begin(), *fills["backward"].begin()});
   // The pair's forward part is a quarter of its width.
   const element& pair = timeline->children[5];
   REQUIRE(std::stod(pair.children.at(1).attributes.at("width")) == Approx(3.0 * 10.0 * 0.25));
@@ -270,11 +280,11 @@ TEST_CASE("a hand-made timeline: colours, numbers, white idle time, legend") {
   std::set<std::string> names;
   for (const element* l : labels) names.insert(l->text);
   REQUIRE(names == std::set<std::string>{"Forward", "Backward", "Backward for input",
-                                         "Backward for weights", "Overlapped forward &amp; backward"});
+                                         "Backward for weights",
+                                         "Overlapped forward &amp; backward"});
 
   // Without a legend or a grid.
-  const element plain =
-      xml_reader(format_svg(s, {.legend = false, .unit_grid = false})).document();
+  const element plain = xml_reader(format_svg(s, {.legend = false, .unit_grid = false})).document();
   REQUIRE(find_id(plain, "legend") == nullptr);
   REQUIRE(find_id(plain, "time-units") == nullptr);
 }
@@ -311,7 +321,8 @@ TEST_CASE("with the schedule known, numbers on a micro-batch's second leg are wh
       collect(timeline->children[i], "text", texts);
       // DualPipe: micro-batches N/2.. travel back; DualPipeV: stages P.. are the way back.
       std::vector<bool> second = {v ? x.stage >= 2 : x.microbatch >= 2};
-      if (x.kind == op::overlapped_forward_backward) second.push_back(v ? x.stage_b >= 2 : x.microbatch_b >= 2);
+      if (x.kind == op::overlapped_forward_backward)
+        second.push_back(v ? x.stage_b >= 2 : x.microbatch_b >= 2);
       REQUIRE(texts.size() == second.size());
       for (std::size_t k = 0; k < texts.size(); ++k) {
         const auto fill = texts[k]->attributes.find("fill");

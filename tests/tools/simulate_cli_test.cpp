@@ -101,8 +101,8 @@ std::vector<std::map<std::string, int>> compute_counts(const std::string& csv) {
 }  // namespace
 
 TEST_CASE("simulate --format json: DualPipe 8x20 under the published figure's costs") {
-  const outcome o = run({"simulate", "--schedule", "dualpipe", "--ranks", "8", "--microbatches", "20",
-                         "--cost", "F=1,B=2,W=1,FB=2.5,comm=0", "--format", "json"});
+  const outcome o = run({"simulate", "--schedule", "dualpipe", "--ranks", "8", "--microbatches",
+                         "20", "--cost", "F=1,B=2,W=1,FB=2.5,comm=0", "--format", "json"});
   INFO(o.err);
   REQUIRE(o.status == 0);
   REQUIRE(o.err.empty());
@@ -136,7 +136,8 @@ TEST_CASE("simulate --format json: DualPipe 8x20 under the published figure's co
 }
 
 TEST_CASE("simulate --format text is a readable table") {
-  const outcome o = run({"simulate", "--schedule", "dualpipev", "--ranks", "4", "--microbatches", "8"});
+  const outcome o =
+      run({"simulate", "--schedule", "dualpipev", "--ranks", "4", "--microbatches", "8"});
   REQUIRE(o.status == 0);
   const auto text = lines(o.out);
   REQUIRE(text.size() == 3 + 4);
@@ -151,8 +152,10 @@ TEST_CASE("simulate --input FILE.csv gives the same result as the schedule it ca
     const outcome csv = run({"--schedule", schedule, "--ranks", "4", "--microbatches", "10"});
     REQUIRE(csv.status == 0);
     const temporary_file file(csv.out);
-    const std::vector<std::string> common = {"--cost", "F=1.5,B=2.5,W=1,FB=3,comm=0.25", "--format", "json"};
-    std::vector<std::string> a = {"simulate", "--schedule", schedule, "--ranks", "4", "--microbatches", "10"};
+    const std::vector<std::string> common = {"--cost", "F=1.5,B=2.5,W=1,FB=3,comm=0.25", "--format",
+                                             "json"};
+    std::vector<std::string> a = {"simulate", "--schedule",     schedule, "--ranks",
+                                  "4",        "--microbatches", "10"};
     std::vector<std::string> b = {"simulate", "--input", file.path};
     a.insert(a.end(), common.begin(), common.end());
     b.insert(b.end(), common.begin(), common.end());
@@ -174,8 +177,9 @@ TEST_CASE("timeline formats: chrome-trace and svg, from simulate and as --format
   for (const auto& rank : compute_counts(csv.out))
     for (const auto& [kind, n] : rank) computes += static_cast<std::size_t>(n);
   for (const bool sub : {true, false}) {
-    std::vector<std::string> args = {"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8",
-                                     "--cost", "F=1,B=2,W=1,FB=2.5", "--format", "chrome-trace"};
+    std::vector<std::string> args = {
+        "--schedule", "dualpipe",           "--ranks",  "4",           "--microbatches", "8",
+        "--cost",     "F=1,B=2,W=1,FB=2.5", "--format", "chrome-trace"};
     if (sub) args.insert(args.begin(), "simulate");
     const outcome trace = run(args);
     REQUIRE(trace.status == 0);
@@ -195,13 +199,15 @@ TEST_CASE("timeline formats: chrome-trace and svg, from simulate and as --format
 }
 
 TEST_CASE("validate: ok, or the first violation with exit 1") {
-  const outcome csv = run({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--with-comm"});
+  const outcome csv =
+      run({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--with-comm"});
   REQUIRE(csv.status == 0);
   const temporary_file good(csv.out);
   const outcome ok = run({"validate", "--input", good.path});
   REQUIRE(ok.status == 0);
   REQUIRE(ok.out == "ok\n");
-  REQUIRE(run({"validate", "--schedule", "dualpipev", "--ranks", "4", "--microbatches", "8", "--with-comm"})
+  REQUIRE(run({"validate", "--schedule", "dualpipev", "--ranks", "4", "--microbatches", "8",
+               "--with-comm"})
               .out == "ok\n");
 
   const temporary_file bad("0B0,0F0\n1F0,1B0\n");
@@ -219,7 +225,8 @@ TEST_CASE("malformed CSV is exit 2 with its line and column") {
     REQUIRE(o.status == 2);
     REQUIRE(o.out.empty());
     REQUIRE(lines(o.err).size() == 1);
-    REQUIRE(o.err.rfind("dualpipe-schedule: error: CSV line 2, column 6: expected an action kind", 0) == 0);
+    REQUIRE(o.err.rfind("dualpipe-schedule: error: CSV line 2, column 6: expected an action kind",
+                        0) == 0);
   }
   const outcome reexport = run({"--input", malformed.path, "--format", "json"});
   REQUIRE(reexport.status == 2);
@@ -247,10 +254,14 @@ TEST_CASE("a schedule that cannot run: simulate exits 1 naming the stuck instruc
 
 TEST_CASE("bad usage is one line on stderr and exit 2") {
   const std::vector<std::vector<std::string>> cases = {
-      {"simulate", "--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--cost", "F=1,X=2"},
-      {"simulate", "--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--cost", "F=-1"},
-      {"simulate", "--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--cost", "B=1,W=2"},
-      {"simulate", "--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--format", "xml"},
+      {"simulate", "--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--cost",
+       "F=1,X=2"},
+      {"simulate", "--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--cost",
+       "F=-1"},
+      {"simulate", "--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--cost",
+       "B=1,W=2"},
+      {"simulate", "--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--format",
+       "xml"},
       {"simulate", "--schedule", "dualpipe", "--ranks", "4", "--microbatches", "7"},
       {"simulate", "--input", "/nonexistent/file.csv"},
       {"simulate", "--input", "/tmp", "--format", "json"},

@@ -37,15 +37,20 @@ cost_model parse_cost(std::string_view spec) {
         !std::isfinite(value) || value < 0.0)
       throw usage_error("--cost: " + std::string(key) + " must be a non-negative number, found '" +
                         std::string(text) + "'");
-    if (key == "F") costs.forward = value;
-    else if (key == "B") costs.backward = value;
-    else if (key == "W") costs.weight = value;
+    if (key == "F")
+      costs.forward = value;
+    else if (key == "B")
+      costs.backward = value;
+    else if (key == "W")
+      costs.weight = value;
     else if (key == "FB" || key == "F&B") {
       costs.overlapped = value;
       overlapped_given = true;
-    } else if (key == "comm") costs.comm = value;
+    } else if (key == "comm")
+      costs.comm = value;
     else
-      throw usage_error("--cost: unknown key '" + std::string(key) + "' (known: F, B, W, FB, comm)");
+      throw usage_error("--cost: unknown key '" + std::string(key) +
+                        "' (known: F, B, W, FB, comm)");
     pos = end + 1;
   }
   if (!overlapped_given) costs.overlapped = costs.forward + costs.backward;

@@ -79,9 +79,10 @@ std::function<int()> attach_simulate(CLI::App& sub) {
                  "bubble_max and per-rank busy, bubble, peak_activations\n  chrome-trace: the "
                  "timeline as Chrome trace JSON (Perfetto)\n  svg: the timeline as an SVG picture")
       ->type_name("FORMAT");
-  sub.footer("Activations are in units of one stage's activations for one micro-batch, "
-             "parameters in stages held. Communication instructions are ignored: the model is "
-             "dataflow plus a comm latency per hand-off between ranks.");
+  sub.footer(
+      "Activations are in units of one stage's activations for one micro-batch, "
+      "parameters in stages held. Communication instructions are ignored: the model is "
+      "dataflow plus a comm latency per hand-off between ranks.");
   return [options]() {
     const std::string& format = options->format;
     if (format != "text" && format != "json" && format != "chrome-trace" && format != "svg")
@@ -98,10 +99,14 @@ std::function<int()> attach_simulate(CLI::App& sub) {
       }
     }();
     std::ostringstream out;
-    if (format == "json") write_simulation_json(out, table, sim, costs);
-    else if (format == "chrome-trace") write_chrome_trace(out, sim);
-    else if (format == "svg") write_svg(out, table, sim, costs);
-    else write_simulation_text(out, table, sim, costs);
+    if (format == "json")
+      write_simulation_json(out, table, sim, costs);
+    else if (format == "chrome-trace")
+      write_chrome_trace(out, sim);
+    else if (format == "svg")
+      write_svg(out, table, sim, costs);
+    else
+      write_simulation_text(out, table, sim, costs);
     std::cout << out.str();
     std::cout.flush();
     return std::cout ? 0 : 1;

@@ -64,14 +64,17 @@ schedule_table read_input(const table_source& source) {
   const auto given = [](const CLI::Option* o) { return o != nullptr && o->count() > 0; };
   if (given(source.schedule_option))
     throw usage_error("give either --schedule or --input, not both");
-  for (const auto& [name, option] : std::initializer_list<std::pair<const char*, const CLI::Option*>>{
+  for (const auto& [name, option] :
+       std::initializer_list<std::pair<const char*, const CLI::Option*>>{
            {"--ranks", source.ranks_option}, {"--microbatches", source.microbatches_option}})
     if (given(option))
-      throw usage_error(std::string(name) + " applies to --schedule; --input takes the sizes from the file");
+      throw usage_error(std::string(name) +
+                        " applies to --schedule; --input takes the sizes from the file");
   for (const auto& [name, option] : source.parameter_options)
     if (given(option)) throw usage_error("--" + name + " applies to --schedule, not to --input");
   if (source.forward_only || source.with_communication)
-    throw usage_error("--forward-only and --with-comm apply to --schedule; --input keeps the file's content");
+    throw usage_error(
+        "--forward-only and --with-comm apply to --schedule; --input keeps the file's content");
   std::error_code ignored;
   if (std::filesystem::is_directory(source.input, ignored))
     throw usage_error("--input '" + source.input + "' is a directory, not a CSV file");
@@ -88,7 +91,8 @@ schedule_table read_input(const table_source& source) {
 schedule_table build_table(const table_source& source) {
   if (source.input_option != nullptr && source.input_option->count() > 0) return read_input(source);
   if (source.schedule_option->count() == 0)
-    throw usage_error("missing --schedule NAME (one of: " + schedule_names() + ") or --input FILE.csv");
+    throw usage_error("missing --schedule NAME (one of: " + schedule_names() +
+                      ") or --input FILE.csv");
   const schedule_entry* entry = find_schedule(source.schedule);
   if (entry == nullptr)
     throw usage_error("unknown schedule '" + source.schedule + "' (known: " + schedule_names() +

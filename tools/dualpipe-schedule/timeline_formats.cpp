@@ -9,15 +9,17 @@
 
 namespace dualpipe::cli {
 
-void write_chrome_trace(std::ostream& out, const simulation& sim) { out << format_chrome_trace(sim); }
+void write_chrome_trace(std::ostream& out, const simulation& sim) {
+  out << format_chrome_trace(sim);
+}
 
 void write_svg(std::ostream& out, const schedule_table& table, const simulation& sim,
                const cost_model& costs) {
   const schedule_info& info = table.info();
   std::string title = std::string(schedule_name(info.kind)) + ", " + std::to_string(info.ranks) +
                       " ranks, " + std::to_string(info.stages) + " stages, " +
-                      std::to_string(info.microbatches) + " micro-batches (" + describe_cost(costs) +
-                      "): makespan ";
+                      std::to_string(info.microbatches) + " micro-batches (" +
+                      describe_cost(costs) + "): makespan ";
   // Short numbers for the title: at most 3 decimals, trailing zeros dropped.
   std::string makespan = std::to_string(sim.makespan);
   while (makespan.size() > 1 && makespan.back() == '0') makespan.pop_back();
@@ -32,7 +34,8 @@ void write_svg(std::ostream& out, const schedule_table& table, const simulation&
   out << format_svg(sim, options);
 }
 
-void write_chrome_trace(std::ostream& out, const schedule_table& table, const output_options& options) {
+void write_chrome_trace(std::ostream& out, const schedule_table& table,
+                        const output_options& options) {
   write_chrome_trace(out, simulate(table, parse_cost(options.cost)));
 }
 

@@ -10,7 +10,8 @@
 
 namespace dualpipe::cli {
 
-void write_chrome_trace(std::ostream& out, const schedule_table& table, const output_options& options);
+void write_chrome_trace(std::ostream& out, const schedule_table& table,
+                        const output_options& options);
 void write_svg(std::ostream& out, const schedule_table& table, const output_options& options);
 
 // The same from a finished simulation (the simulate subcommand has one).

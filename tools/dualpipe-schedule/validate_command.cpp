@@ -13,8 +13,9 @@ namespace dualpipe::cli {
 std::function<int()> attach_validate(CLI::App& sub) {
   auto source = std::make_shared<table_source>();
   add_table_source_options(sub, *source);
-  sub.footer("Exit status: 0 valid, 1 invalid (the first violation is printed), 2 bad usage or "
-             "malformed CSV.");
+  sub.footer(
+      "Exit status: 0 valid, 1 invalid (the first violation is printed), 2 bad usage or "
+      "malformed CSV.");
   return [source]() {
     const schedule_table table = build_table(*source);
     const validation v = validate(table);

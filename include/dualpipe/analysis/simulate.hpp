@@ -171,10 +171,17 @@ class simulator {
     P_ = t_.ranks();
     S_ = t_.stages();
     N_ = t_.microbatches();
-    if (P_ <= 0 || S_ <= 0 || N_ <= 0 || t_.offsets.size() != static_cast<std::size_t>(P_) + 1)
+    if (P_ <= 0 || S_ <= 0 || N_ <= 0)
       throw std::invalid_argument(
-          "dualpipe::simulate: the table has no ranks, stages or micro-batches, or its rank "
-          "offsets do not match its rank count");
+          "dualpipe::simulate: the table has no ranks, stages or micro-batches");
+    // A view whose offsets do not cover its instructions would read out of bounds.
+    bool offsets_ok = t_.offsets.size() == static_cast<std::size_t>(P_) + 1 && t_.offsets[0] == 0 &&
+                      t_.offsets[static_cast<std::size_t>(P_)] == t_.instructions.size();
+    for (std::size_t r = 0; offsets_ok && r < static_cast<std::size_t>(P_); ++r)
+      offsets_ok = t_.offsets[r] <= t_.offsets[r + 1];
+    if (!offsets_ok)
+      throw std::invalid_argument(
+          "dualpipe::simulate: the table's rank offsets do not cover its instructions");
     check_costs(costs_, S_);
 
     const std::size_t cells = static_cast<std::size_t>(S_) * static_cast<std::size_t>(N_);
@@ -256,7 +263,9 @@ class simulator {
   }
 
   constexpr void check_cell(int r, int index, const instruction& x, int s, int m) const {
-    if (s < 0 || s >= S_ || m < 0 || m >= N_) throw std::invalid_argument(failure(r, index, x, "stage or micro-batch outside the table's sizes"));
+    if (s < 0 || s >= S_ || m < 0 || m >= N_)
+      throw std::invalid_argument(
+          failure(r, index, x, "stage or micro-batch outside the table's sizes"));
   }
 
   // Inputs of the forward of (s, m) on rank r.
@@ -286,16 +295,20 @@ class simulator {
   [[nodiscard]] constexpr readiness ready_at(int r) const {
     const auto list = t_.rank(r);
     int pc = ranks_[static_cast<std::size_t>(r)].pc;
-    while (pc < static_cast<int>(list.size()) && !is_compute(list[static_cast<std::size_t>(pc)].kind)) ++pc;
+    while (pc < static_cast<int>(list.size()) &&
+           !is_compute(list[static_cast<std::size_t>(pc)].kind))
+      ++pc;
     if (pc >= static_cast<int>(list.size())) return {};
     return inputs(r, list[static_cast<std::size_t>(pc)]);
   }
 
   [[nodiscard]] constexpr readiness inputs(int r, const instruction& x) const {
     switch (x.kind) {
-      case op::forward: return forward_inputs(r, x.stage, x.microbatch);
+      case op::forward:
+        return forward_inputs(r, x.stage, x.microbatch);
       case op::backward:
-      case op::backward_input: return backward_inputs(r, x.stage, x.microbatch);
+      case op::backward_input:
+        return backward_inputs(r, x.stage, x.microbatch);
       case op::backward_weight: {
         const cell_state& c = cell_[key(x.stage, x.microbatch)];
         if (c.backward_rank < 0) return {false, 0.0, op::backward_input, x.stage, x.microbatch};
@@ -309,22 +322,27 @@ class simulator {
         b.time = std::max(b.time, f.time);
         return b;
       }
-      default: return {};
+      default:
+        return {};
     }
   }
 
   [[nodiscard]] constexpr double duration(const instruction& x) const {
     switch (x.kind) {
-      case op::forward: return costs_.of_stage(x.stage).forward;
-      case op::backward: return costs_.of_stage(x.stage).backward;
+      case op::forward:
+        return costs_.of_stage(x.stage).forward;
+      case op::backward:
+        return costs_.of_stage(x.stage).backward;
       case op::backward_input: {
         const stage_costs c = costs_.of_stage(x.stage);
         return c.backward - c.weight;
       }
-      case op::backward_weight: return costs_.of_stage(x.stage).weight;
+      case op::backward_weight:
+        return costs_.of_stage(x.stage).weight;
       case op::overlapped_forward_backward:
         return (costs_.of_stage(x.stage).overlapped + costs_.of_stage(x.stage_b).overlapped) / 2.0;
-      default: return 0.0;
+      default:
+        return 0.0;
     }
   }
 
@@ -340,7 +358,8 @@ class simulator {
         continue;
       }
       check_cell(r, index, x, x.stage, x.microbatch);
-      if (x.kind == op::overlapped_forward_backward) check_cell(r, index, x, x.stage_b, x.microbatch_b);
+      if (x.kind == op::overlapped_forward_backward)
+        check_cell(r, index, x, x.stage_b, x.microbatch_b);
       const readiness at = inputs(r, x);
       if (!at.known) {
         cell_state& needed = cell_[key(at.missing_stage, at.missing_mb)];
@@ -358,7 +377,9 @@ class simulator {
 
   constexpr void finish_forward(int r, int index, const instruction& x, int s, int m, double end) {
     cell_state& c = cell_[key(s, m)];
-    if (c.forward_rank >= 0) throw std::invalid_argument(failure(r, index, x, "a second forward of one (stage, micro-batch)"));
+    if (c.forward_rank >= 0)
+      throw std::invalid_argument(
+          failure(r, index, x, "a second forward of one (stage, micro-batch)"));
     c.forward_rank = r;
     c.forward_end = end;
     wake(c.forward_waiter);
@@ -366,7 +387,9 @@ class simulator {
   constexpr void finish_backward(int r, int index, const instruction& x, int s, int m, double end,
                                  bool deferred) {
     cell_state& c = cell_[key(s, m)];
-    if (c.backward_rank >= 0) throw std::invalid_argument(failure(r, index, x, "a second backward of one (stage, micro-batch)"));
+    if (c.backward_rank >= 0)
+      throw std::invalid_argument(
+          failure(r, index, x, "a second backward of one (stage, micro-batch)"));
     c.backward_rank = r;
     c.backward_end = end;
     c.deferred = deferred;
@@ -375,14 +398,24 @@ class simulator {
 
   constexpr void finish(int r, int index, const instruction& x, double end) {
     switch (x.kind) {
-      case op::forward: finish_forward(r, index, x, x.stage, x.microbatch, end); break;
-      case op::backward: finish_backward(r, index, x, x.stage, x.microbatch, end, false); break;
-      case op::backward_input: finish_backward(r, index, x, x.stage, x.microbatch, end, true); break;
+      case op::forward:
+        finish_forward(r, index, x, x.stage, x.microbatch, end);
+        break;
+      case op::backward:
+        finish_backward(r, index, x, x.stage, x.microbatch, end, false);
+        break;
+      case op::backward_input:
+        finish_backward(r, index, x, x.stage, x.microbatch, end, true);
+        break;
       case op::backward_weight: {
         cell_state& c = cell_[key(x.stage, x.microbatch)];
         if (!c.deferred)
-          throw std::invalid_argument(failure(r, index, x, "a W for a micro-batch whose backward was not split (it ran as a full B)"));
-        if (c.weight_done) throw std::invalid_argument(failure(r, index, x, "a second W of one (stage, micro-batch)"));
+          throw std::invalid_argument(
+              failure(r, index, x,
+                      "a W for a micro-batch whose backward was not split (it ran as a full B)"));
+        if (c.weight_done)
+          throw std::invalid_argument(
+              failure(r, index, x, "a second W of one (stage, micro-batch)"));
         c.weight_done = true;
         break;
       }
@@ -390,7 +423,8 @@ class simulator {
         finish_forward(r, index, x, x.stage, x.microbatch, end);
         finish_backward(r, index, x, x.stage_b, x.microbatch_b, end, false);
         break;
-      default: break;
+      default:
+        break;
     }
   }
 
@@ -408,7 +442,8 @@ class simulator {
 
   // Names every rank that stopped and the input it waits for.
   [[nodiscard]] constexpr std::string stuck_message() const {
-    std::string m = "dualpipe::simulate: the table cannot run to the end (a cyclic or missing dependency):";
+    std::string m =
+        "dualpipe::simulate: the table cannot run to the end (a cyclic or missing dependency):";
     bool first = true;
     for (int r = 0; r < P_; ++r) {
       const auto list = t_.rank(r);
@@ -457,7 +492,8 @@ class simulator {
       for (const instruction& x : t_.rank(r)) {
         if (!is_compute(x.kind)) continue;
         holds[static_cast<std::size_t>(x.stage)] = true;
-        if (x.kind == op::overlapped_forward_backward) holds[static_cast<std::size_t>(x.stage_b)] = true;
+        if (x.kind == op::overlapped_forward_backward)
+          holds[static_cast<std::size_t>(x.stage_b)] = true;
       }
       sum.parameter_copies = static_cast<int>(std::count(holds.begin(), holds.end(), true));
     }

@@ -54,12 +54,18 @@ inline void append_json_number(std::string& out, double v) {
 
 [[nodiscard]] constexpr std::string_view timeline_category(op k) noexcept {
   switch (k) {
-    case op::forward: return "forward";
-    case op::backward: return "backward";
-    case op::backward_input: return "backward-input";
-    case op::backward_weight: return "backward-weight";
-    case op::overlapped_forward_backward: return "overlapped-forward-backward";
-    default: return "communication";
+    case op::forward:
+      return "forward";
+    case op::backward:
+      return "backward";
+    case op::backward_input:
+      return "backward-input";
+    case op::backward_weight:
+      return "backward-weight";
+    case op::overlapped_forward_backward:
+      return "overlapped-forward-backward";
+    default:
+      return "communication";
   }
 }
 
@@ -71,7 +77,8 @@ inline void append_json_number(std::string& out, double v) {
                                                      int ranks,
                                                      const chrome_trace_options& options = {}) {
   std::string out = "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n";
-  out += "  {\"name\": \"process_name\", \"ph\": \"M\", \"pid\": 0, \"tid\": 0, \"args\": {\"name\": ";
+  out +=
+      "  {\"name\": \"process_name\", \"ph\": \"M\", \"pid\": 0, \"tid\": 0, \"args\": {\"name\": ";
   detail::append_json_string(out, options.process_name);
   out += "}}";
   for (int r = 0; r < ranks; ++r) {

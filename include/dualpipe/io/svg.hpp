@@ -84,11 +84,20 @@ inline void append_svg_number(std::string& out, double v) {
 inline void append_xml_text(std::string& out, std::string_view s) {
   for (const char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out.push_back(c);
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out.push_back(c);
     }
   }
 }
@@ -167,10 +176,14 @@ class svg_writer {
 [[nodiscard]] constexpr bool svg_second_leg(const schedule_info& info, int stage, int mb) noexcept {
   if (info.ranks <= 0) return false;
   switch (info.where) {
-    case placement::mirrored: return mb >= info.microbatches / 2;
-    case placement::v_shape: return stage >= info.ranks;
-    case placement::linear: return (stage / info.ranks) % 2 == 1;
-    default: return false;
+    case placement::mirrored:
+      return mb >= info.microbatches / 2;
+    case placement::v_shape:
+      return stage >= info.ranks;
+    case placement::linear:
+      return (stage / info.ranks) % 2 == 1;
+    default:
+      return false;
   }
 }
 
@@ -221,7 +234,8 @@ class svg_writer {
     for (std::size_t k = 0; k < detail::svg_styles.size(); ++k) {
       if (!present[k]) continue;
       legend[legend_count++] = {k, x};
-      x += swatch_w + 8.0 + detail::svg_text_width(detail::svg_styles[k].legend, legend_size) + 24.0;
+      x +=
+          swatch_w + 8.0 + detail::svg_text_width(detail::svg_styles[k].legend, legend_size) + 24.0;
     }
     if (legend_count > 0) {
       width = std::max(width, x + margin);
@@ -342,7 +356,8 @@ class svg_writer {
   return out;
 }
 
-[[nodiscard]] inline std::string format_svg(const simulation& sim, const svg_options& options = {}) {
+[[nodiscard]] inline std::string format_svg(const simulation& sim,
+                                            const svg_options& options = {}) {
   return format_svg(sim.timeline, static_cast<int>(sim.ranks.size()), options);
 }
 
