@@ -122,25 +122,37 @@ class svg_writer {
     if (!stroke.empty()) {
       out_ += " stroke=\"";
       out_ += stroke;
-      out_ += "\" stroke-width=\"";
-      append_svg_number(out_, stroke_width);
       out_ += "\"";
+      if (stroke_width != 1.0) {  // 1 is SVG's default
+        out_ += " stroke-width=\"";
+        append_svg_number(out_, stroke_width);
+        out_ += "\"";
+      }
     }
     out_ += "/>";
   }
 
-  // Text centred on (x, y) unless `anchor` says otherwise.
+  // Text whose middle height is at y (a baseline 0.35 em lower suits digits
+  // and capitals, and needs no dominant-baseline support). An empty anchor,
+  // or a size equal to `inherited_size`, is left to the enclosing group.
   void text(double x, double y, std::string_view s, double size, std::string_view anchor = "middle",
-            std::string_view weight = "normal", std::string_view fill = "") {
+            std::string_view weight = "normal", std::string_view fill = "",
+            double inherited_size = 0.0) {
     out_ += "<text x=\"";
     append_svg_number(out_, x);
     out_ += "\" y=\"";
-    append_svg_number(out_, y);
-    out_ += "\" font-size=\"";
-    append_svg_number(out_, size);
-    out_ += "\" text-anchor=\"";
-    out_ += anchor;
-    out_ += "\" dominant-baseline=\"central\"";
+    append_svg_number(out_, y + 0.35 * size);
+    out_ += "\"";
+    if (size != inherited_size) {
+      out_ += " font-size=\"";
+      append_svg_number(out_, size);
+      out_ += "\"";
+    }
+    if (!anchor.empty()) {
+      out_ += " text-anchor=\"";
+      out_ += anchor;
+      out_ += "\"";
+    }
     if (weight != "normal") {
       out_ += " font-weight=\"";
       out_ += weight;
@@ -157,13 +169,14 @@ class svg_writer {
   }
 
   // A micro-batch number in a cell, shrunk to fit or left out if it cannot.
+  // The timeline group sets text-anchor="middle" and font-size h * 0.6.
   void number_in(double x, double y, double w, double h, int value, bool white = false) {
     std::string s;
     append_int(s, value);
     const double glyphs = static_cast<double>(s.size());
     const double size = std::min(h * 0.6, (w - 2.0) / (0.6 * glyphs));
     if (size < 6.0) return;
-    text(x + w / 2.0, y + h / 2.0, s, size, "middle", "normal", white ? "#FFFFFF" : "");
+    text(x + w / 2.0, y + h / 2.0, s, size, "", "normal", white ? "#FFFFFF" : "", h * 0.6);
   }
 
   std::string& raw() { return out_; }
@@ -287,7 +300,9 @@ class svg_writer {
     w.text(left - 8.0, y + row / 2.0, label, label_size, "end", "bold");
     w.rect(left, y, plot_width, row, options.unit_grid ? "url(#time-units)" : "#FFFFFF", "");
   }
-  out += "</g>\n<g id=\"timeline\">\n";
+  out += "</g>\n<g id=\"timeline\" text-anchor=\"middle\" font-size=\"";
+  detail::append_svg_number(out, row * 0.6);
+  out += "\">\n";
 
   for (const timed_instruction& e : timeline) {
     const instruction& x = e.what;
@@ -310,7 +325,7 @@ class svg_writer {
       const double fw = cw * share;
       w.rect(cx, cy, fw, row, svg_style(op::forward).fill, "");
       w.rect(cx + fw, cy, cw - fw, row, svg_style(op::backward).fill, "");
-      w.rect(cx, cy, cw, row, "none", "#000000");
+      w.rect(cx, cy, cw, row, "none", "#000");
       if (options.numbers) {
         w.number_in(cx, cy, fw, row, x.microbatch,
                     detail::svg_second_leg(options.schedule, x.stage, x.microbatch));
@@ -318,7 +333,7 @@ class svg_writer {
                     detail::svg_second_leg(options.schedule, x.stage_b, x.microbatch_b));
       }
     } else {
-      w.rect(cx, cy, cw, row, style.fill, "#000000");
+      w.rect(cx, cy, cw, row, style.fill, "#000");
       if (options.numbers)
         w.number_in(cx, cy, cw, row, x.microbatch,
                     detail::svg_second_leg(options.schedule, x.stage, x.microbatch));
@@ -327,7 +342,7 @@ class svg_writer {
   }
   out += "</g>\n";
   // The frame around the plot, and the time axis.
-  w.rect(left, top, plot_width, plot_height, "none", "#000000", 1.5);
+  w.rect(left, top, plot_width, plot_height, "none", "#000", 1.5);
   out += "\n";
   const double axis_y = top + plot_height + row * 0.55;
   w.text(left - 8.0, axis_y, "Time", label_size, "end", "bold");
@@ -344,9 +359,9 @@ class svg_writer {
         w.rect(x, y, swatch_w * share, swatch_h, svg_style(op::forward).fill, "");
         w.rect(x + swatch_w * share, y, swatch_w * (1.0 - share), swatch_h,
                svg_style(op::backward).fill, "");
-        w.rect(x, y, swatch_w, swatch_h, "none", "#000000");
+        w.rect(x, y, swatch_w, swatch_h, "none", "#000");
       } else {
-        w.rect(x, y, swatch_w, swatch_h, style.fill, "#000000");
+        w.rect(x, y, swatch_w, swatch_h, style.fill, "#000");
       }
       w.text(x + swatch_w + 8.0, y + swatch_h / 2.0, style.legend, legend_size, "start", "bold");
     }
