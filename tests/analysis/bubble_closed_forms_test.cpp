@@ -22,8 +22,10 @@
 #include "dualpipe/analysis/simulate.hpp"
 #include "dualpipe/schedule/dualpipe.hpp"
 #include "dualpipe/schedule/gpipe.hpp"
+#include "dualpipe/schedule/interleaved_1f1b.hpp"
 #include "dualpipe/schedule/one_f_one_b.hpp"
 #include "dualpipe/schedule/zb1p.hpp"
+#include "dualpipe/schedule/zbv.hpp"
 
 using namespace dualpipe;
 
@@ -167,4 +169,18 @@ TEST_CASE("DualPipe: outside its assumptions the closed form is off") {
   REQUIRE(simulate(t, cost_model{1, 3, 1, 3.5, 0}).bubble_max != Approx(published(heavy_input)));
   // Communication latency adds to every bubble.
   REQUIRE(simulate(t, cost_model{1, 2, 1, 2.5, 0.25}).bubble_max > published({1, 2, 1, 2.5}));
+}
+
+TEST_CASE("parameter copies: stages held per rank") {
+  for (const int P : {2, 4, 8}) {
+    INFO("P=" << P);
+    for (const int V : {2, 3, 4}) {
+      const simulation s = simulate(schedules::interleaved_1f1b(P, 2 * P, V, compute_only));
+      for (const rank_summary& r : s.ranks) REQUIRE(r.parameter_copies == V);
+    }
+    for (const rank_summary& r : simulate(schedules::zbv(P, 2 * P, compute_only)).ranks)
+      REQUIRE(r.parameter_copies == 2);
+    for (const rank_summary& r : simulate(schedules::gpipe(P, 2 * P, compute_only)).ranks)
+      REQUIRE(r.parameter_copies == 1);
+  }
 }
