@@ -280,3 +280,34 @@ TEST_CASE("bad usage is one line on stderr and exit 2") {
     REQUIRE(o.err.rfind("dualpipe-schedule: error: ", 0) == 0);
   }
 }
+
+TEST_CASE("simulate the baselines by name: 1F1B and ZB1P closed forms, interleaved stages") {
+  struct expectation {
+    std::vector<std::string> args;
+    double bubble;  // every rank: (P-1)(F+B) for 1F1B, (P-1)(F+B-2W) for ZB1P
+    int parameters;
+  };
+  const std::vector<expectation> cases = {
+      {{"--schedule", "1f1b", "--ranks", "8", "--microbatches", "16"}, 7 * 3.0, 1},
+      {{"--schedule", "gpipe", "--ranks", "8", "--microbatches", "16"}, 7 * 3.0, 1},
+      {{"--schedule", "zb1p", "--ranks", "8", "--microbatches", "16"}, 7 * 1.0, 1},
+      {{"--schedule", "interleaved-1f1b", "--virtual-stages", "3", "--ranks", "4", "--microbatches",
+        "8"},
+       -1.0,
+       3},
+      {{"--schedule", "zbv", "--ranks", "4", "--microbatches", "8"}, -1.0, 2},
+  };
+  for (const expectation& c : cases) {
+    std::vector<std::string> args = {"simulate", "--cost", "F=1,B=2,W=1", "--format", "json"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    INFO(c.args[1]);
+    const outcome o = run(args);
+    INFO(o.err);
+    REQUIRE(o.status == 0);
+    const auto doc = nlohmann::json::parse(o.out);
+    for (const auto& r : doc.at("ranks")) {
+      if (c.bubble >= 0) REQUIRE(r.at("bubble").get<double>() == c.bubble);
+      REQUIRE(r.at("parameter_copies") == c.parameters);
+    }
+  }
+}
