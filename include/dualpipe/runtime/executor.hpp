@@ -157,8 +157,10 @@ class executor {
 
   executor(const executor&) = delete;
   executor& operator=(const executor&) = delete;
-  executor(executor&&) noexcept = default;
-  executor& operator=(executor&&) noexcept = default;
+  // Movable (e.g. into a container before the threads start), not
+  // move-assignable: the target's batches in flight would be dropped.
+  executor(executor&&) = default;
+  executor& operator=(executor&&) = delete;
   ~executor() {
     if constexpr (transport_with_deferred_completion<Transport>) {
       // Sent buffers of unfinished batches must outlive the transport's reads.
