@@ -93,7 +93,8 @@ int main(int argc, char** argv) {
       if (given.count(name) != 0) continue;
       given[name] = p.default_value;
       app.add_option("--" + name, given[name],
-                     std::string(p.description) + " (schedules that take it)");
+                     std::string(p.description) + " (schedules that take it)")
+          ->capture_default_str();
     }
   CLI11_PARSE(app, argc, argv);
 
