@@ -705,7 +705,10 @@ class executor {
   void run_weight(const instruction& x, std::size_t index) {
     if (deferred_head_ == deferred_tail_)
       fail(x, index, "no weight gradient is deferred (no I before it)");
-    const auto [s, m] = deferred_[deferred_head_];
+    // Plain names, not a structured binding: lambdas below capture them
+    // (clang before 16 cannot capture bindings).
+    const int s = deferred_[deferred_head_].first;
+    const int m = deferred_[deferred_head_].second;
     if (s != x.stage || m != x.microbatch)
       fail(x, index, "the oldest deferred weight gradient is that of " +
                          format_action(make_backward_input(s, m)) +
