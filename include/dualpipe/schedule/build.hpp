@@ -10,6 +10,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
+#include <string_view>
 
 #include "dualpipe/schedule/instruction.hpp"
 #include "dualpipe/schedule/table.hpp"
@@ -36,6 +38,28 @@ concept whole_table_generator =
     };
 
 namespace detail {
+
+// The one form of a generator's run-time error: "<schedule> <why> (got P=..,
+// N=..[, <extra_name>=..])", thrown only when `why` (the first constraint the
+// generator's parameters break, from its *_violation function) is not empty.
+// Tests compare this text exactly.
+constexpr void throw_if_violated(std::string_view schedule, std::string_view why,
+                                 std::int64_t ranks, std::int64_t microbatches,
+                                 std::string_view extra_name = {}, std::int64_t extra_value = 0) {
+  if (why.empty()) return;
+  std::string message = std::string(schedule) + " " + std::string(why) +
+                        " (got P=" + std::to_string(ranks) + ", N=" + std::to_string(microbatches);
+  if (!extra_name.empty())
+    message += ", " + std::string(extra_name) + "=" + std::to_string(extra_value);
+  throw std::invalid_argument(message + ")");
+}
+
+// A generator's info with communication off: the header of its compute-only
+// table, before lowering.
+[[nodiscard]] constexpr schedule_info without_communication(schedule_info info) noexcept {
+  info.with_communication = false;
+  return info;
+}
 
 struct counting_emit {
   std::uint64_t* count;

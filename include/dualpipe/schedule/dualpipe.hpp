@@ -5,7 +5,6 @@
 
 #include <cstdint>
 #include <stdexcept>
-#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -299,11 +298,9 @@ struct dualpipe_generator {
 
   // Throws std::invalid_argument naming the broken constraint.
   constexpr void check() const {
-    const std::string_view why = detail::dualpipe_violation(ranks, microbatches, v_shape);
-    if (!why.empty())
-      throw std::invalid_argument(std::string(v_shape ? "DualPipeV " : "DualPipe ") +
-                                  std::string(why) + " (got P=" + std::to_string(ranks) +
-                                  ", N=" + std::to_string(microbatches) + ")");
+    detail::throw_if_violated(v_shape ? "DualPipeV" : "DualPipe",
+                              detail::dualpipe_violation(ranks, microbatches, v_shape), ranks,
+                              microbatches);
   }
 
   [[nodiscard]] constexpr schedule_info info() const {

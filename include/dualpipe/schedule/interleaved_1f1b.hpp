@@ -8,8 +8,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 #include <string_view>
 #include <vector>
 
@@ -54,12 +52,9 @@ struct interleaved_1f1b_generator {
 
   // Throws std::invalid_argument naming the broken constraint.
   constexpr void check() const {
-    const std::string_view why =
-        detail::interleaved_1f1b_violation(ranks, microbatches, virtual_stages);
-    if (!why.empty())
-      throw std::invalid_argument("interleaved 1F1B " + std::string(why) + " (got P=" +
-                                  std::to_string(ranks) + ", N=" + std::to_string(microbatches) +
-                                  ", V=" + std::to_string(virtual_stages) + ")");
+    detail::throw_if_violated(
+        "interleaved 1F1B", detail::interleaved_1f1b_violation(ranks, microbatches, virtual_stages),
+        ranks, microbatches, "V", virtual_stages);
   }
 
   [[nodiscard]] constexpr schedule_info info() const {
@@ -73,9 +68,7 @@ struct interleaved_1f1b_generator {
             options.with_communication};
   }
   [[nodiscard]] constexpr schedule_info compute_info() const {
-    schedule_info i = info();
-    i.with_communication = false;
-    return i;
+    return detail::without_communication(info());
   }
 
   // The compute order of one rank, without communication.
@@ -128,10 +121,8 @@ namespace schedules {
 [[nodiscard]] inline schedule_table interleaved_1f1b(int ranks, int microbatches,
                                                      int virtual_stages,
                                                      generator_options options = {}) {
-  interleaved_1f1b_generator compute{ranks, microbatches, virtual_stages, options};
-  compute.options.with_communication = false;
-  if (!options.with_communication) return make_table(compute);
-  return lower_communication(make_table(compute));
+  return detail::make_generated_table(
+      interleaved_1f1b_generator{ranks, microbatches, virtual_stages, options});
 }
 
 // Compile time: an invalid (P, N, V) is a compile error that says which rule it breaks.

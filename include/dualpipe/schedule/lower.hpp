@@ -271,4 +271,19 @@ constexpr void emit_generated_ranks(const Generator& g, Emit emit, EndRank end_r
   return out;
 }
 
+namespace detail {
+
+// The run-time entry every lowered baseline shares: the generator's
+// compute-only table, lowered by lower_communication when its options ask
+// for communication. Building compute-only and lowering the whole table once
+// is cheaper than letting emit_rank lower per rank.
+template <class Generator>
+[[nodiscard]] schedule_table make_generated_table(Generator compute) {
+  const bool with_communication = compute.options.with_communication;
+  compute.options.with_communication = false;
+  if (!with_communication) return make_table(compute);
+  return lower_communication(make_table(compute));
+}
+
+}  // namespace detail
 }  // namespace dualpipe

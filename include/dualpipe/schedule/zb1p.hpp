@@ -8,8 +8,6 @@
 #pragma once
 
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 #include <string_view>
 
 #include "dualpipe/schedule/build.hpp"
@@ -46,11 +44,8 @@ struct zb1p_generator {
 
   // Throws std::invalid_argument naming the broken constraint.
   constexpr void check() const {
-    const std::string_view why = detail::zb1p_violation(ranks, microbatches);
-    if (!why.empty())
-      throw std::invalid_argument("ZB1P " + std::string(why) + " (got P=" +
-                                  std::to_string(ranks) + ", N=" + std::to_string(microbatches) +
-                                  ")");
+    detail::throw_if_violated("ZB1P", detail::zb1p_violation(ranks, microbatches), ranks,
+                              microbatches);
   }
 
   [[nodiscard]] constexpr schedule_info info() const {
@@ -59,9 +54,7 @@ struct zb1p_generator {
             options.forward_only, options.with_communication};
   }
   [[nodiscard]] constexpr schedule_info compute_info() const {
-    schedule_info i = info();
-    i.with_communication = false;
-    return i;
+    return detail::without_communication(info());
   }
 
   // The compute order of one rank, without communication.
@@ -100,10 +93,7 @@ namespace schedules {
 // Run time: throws std::invalid_argument for an invalid (P, N).
 [[nodiscard]] inline schedule_table zb1p(int ranks, int microbatches,
                                          generator_options options = {}) {
-  zb1p_generator compute{ranks, microbatches, options};
-  compute.options.with_communication = false;
-  if (!options.with_communication) return make_table(compute);
-  return lower_communication(make_table(compute));
+  return detail::make_generated_table(zb1p_generator{ranks, microbatches, options});
 }
 
 // Compile time: an invalid (P, N) is a compile error that says which rule it breaks.

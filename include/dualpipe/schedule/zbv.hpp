@@ -20,7 +20,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
-#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -136,11 +135,8 @@ struct zbv_generator {
 
   // Throws std::invalid_argument naming the broken constraint.
   constexpr void check() const {
-    const std::string_view why = detail::zbv_violation(ranks, microbatches);
-    if (!why.empty())
-      throw std::invalid_argument("ZB-V " + std::string(why) + " (got P=" +
-                                  std::to_string(ranks) + ", N=" + std::to_string(microbatches) +
-                                  ")");
+    detail::throw_if_violated("ZB-V", detail::zbv_violation(ranks, microbatches), ranks,
+                              microbatches);
   }
 
   [[nodiscard]] constexpr schedule_info info() const {
@@ -149,9 +145,7 @@ struct zbv_generator {
             options.forward_only, options.with_communication};
   }
   [[nodiscard]] constexpr schedule_info compute_info() const {
-    schedule_info i = info();
-    i.with_communication = false;
-    return i;
+    return detail::without_communication(info());
   }
 
   // The compute order of one rank, without communication.
@@ -176,10 +170,7 @@ namespace schedules {
 // Run time: throws std::invalid_argument for an invalid (P, N).
 [[nodiscard]] inline schedule_table zbv(int ranks, int microbatches,
                                         generator_options options = {}) {
-  zbv_generator compute{ranks, microbatches, options};
-  compute.options.with_communication = false;
-  if (!options.with_communication) return make_table(compute);
-  return lower_communication(make_table(compute));
+  return detail::make_generated_table(zbv_generator{ranks, microbatches, options});
 }
 
 // Compile time: an invalid (P, N) is a compile error that says which rule it breaks.
