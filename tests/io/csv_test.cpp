@@ -12,8 +12,10 @@
 #include "dualpipe/io/csv.hpp"
 #include "dualpipe/schedule/dualpipe.hpp"
 #include "dualpipe/schedule/registry.hpp"
+#include "hand_tables.hpp"
 
 using namespace dualpipe;
+using dualpipe::test::two_stage_with_communication;
 
 namespace {
 
@@ -28,27 +30,6 @@ namespace {
 constexpr std::string_view dualpipe_2x4_csv =
     "0F0,1F2,0F1,1B2,(1F3;0B0)OVERLAP_F_B,1B3,0I1,0W1\n"
     "0F2,1F0,0F3,1B0,(1F1;0B2)OVERLAP_F_B,1B1,0I3,0W3\n";
-
-// A two-stage pipeline of one micro-batch, with its communication, by hand.
-schedule_table two_stage_with_communication() {
-  schedule_table t({schedule_kind::custom, 2, 2, 1, placement::linear, false, true});
-  t.push(make_forward(0, 0));
-  t.push(make_communication(op::send_forward, 0, 0, 1));
-  t.push(make_commit());
-  t.push(make_communication(op::recv_backward, 0, 0, 1));
-  t.push(make_commit());
-  t.push(make_backward(0, 0));
-  t.end_rank();
-  t.push(make_communication(op::recv_forward, 1, 0, 0));
-  t.push(make_commit());
-  t.push(make_forward(1, 0));
-  t.push(make_backward_input(1, 0));
-  t.push(make_communication(op::send_backward, 1, 0, 0));
-  t.push(make_commit());
-  t.push(make_backward_weight(1, 0));
-  t.end_rank();
-  return t;
-}
 
 void check_error(std::string_view text, std::size_t line, std::size_t column,
                  std::string_view fragment) {

@@ -10,33 +10,10 @@
 #include "dualpipe/io/grid.hpp"
 #include "dualpipe/io/json.hpp"
 #include "dualpipe/schedule/dualpipe.hpp"
+#include "hand_tables.hpp"
 
 using namespace dualpipe;
-
-namespace {
-
-// A two-stage pipeline of one micro-batch, with its communication, by hand.
-schedule_table two_stage_with_communication() {
-  schedule_table t({schedule_kind::custom, 2, 2, 1, placement::linear, false, true});
-  t.push(make_forward(0, 0));
-  t.push(make_communication(op::send_forward, 0, 0, 1));
-  t.push(make_commit());
-  t.push(make_communication(op::recv_backward, 0, 0, 1));
-  t.push(make_commit());
-  t.push(make_backward(0, 0));
-  t.end_rank();
-  t.push(make_communication(op::recv_forward, 1, 0, 0));
-  t.push(make_commit());
-  t.push(make_forward(1, 0));
-  t.push(make_backward_input(1, 0));
-  t.push(make_communication(op::send_backward, 1, 0, 0));
-  t.push(make_commit());
-  t.push(make_backward_weight(1, 0));
-  t.end_rank();
-  return t;
-}
-
-}  // namespace
+using dualpipe::test::two_stage_with_communication;
 
 TEST_CASE("grid of DualPipe P=2 N=4", "[grid]") {
   // The per-rank orders derived in csv_test.cpp, micro-batch numbers only.
