@@ -447,6 +447,7 @@ int run_schedule(const options& o, int devices) {
     });
 #else
     (void)message;
+    (void)devices;
     std::fprintf(stderr, "train-mlp-cuda: built without NCCL; use --transport device-local\n");
     return 2;
 #endif
