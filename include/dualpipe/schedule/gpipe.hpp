@@ -47,9 +47,6 @@ struct gpipe_generator {
     return {schedule_kind::gpipe, ranks,       ranks, microbatches, placement::linear,
             options.forward_only, options.with_communication};
   }
-  [[nodiscard]] constexpr schedule_info compute_info() const {
-    return detail::without_communication(info());
-  }
 
   // The compute order of one rank, without communication.
   template <class Emit>

@@ -67,9 +67,6 @@ struct interleaved_1f1b_generator {
             options.forward_only,
             options.with_communication};
   }
-  [[nodiscard]] constexpr schedule_info compute_info() const {
-    return detail::without_communication(info());
-  }
 
   // The compute order of one rank, without communication.
   template <class Emit>

@@ -202,7 +202,7 @@ struct compute_table {
 
 template <class Generator>
 [[nodiscard]] constexpr compute_table compute_table_of(const Generator& g) {
-  compute_table t{g.compute_info(), {}, {}};
+  compute_table t{without_communication(g.info()), {}, {}};
   // Count, then fill in place: far cheaper than growing vectors in constexpr.
   t.offsets.assign(static_cast<std::size_t>(t.info.ranks) + 1, 0);
   std::uint64_t total = 0;
@@ -218,9 +218,9 @@ template <class Generator>
 }
 
 // One rank of a generator's table: its compute order as is, or lowered. The
-// generator provides `options`, compute_info() (its info with
-// with_communication off) and emit_compute_rank(rank, emit). Lowering one
-// rank simulates them all; emit_generated_ranks below does it once for all.
+// generator provides `options`, info() and emit_compute_rank(rank, emit).
+// Lowering one rank simulates them all; emit_generated_ranks below does it
+// once for all.
 template <class Generator, class Emit>
 constexpr void emit_generated_rank(const Generator& g, int rank, Emit emit) {
   if (!g.options.with_communication) {
@@ -235,7 +235,8 @@ constexpr void emit_generated_rank(const Generator& g, int rank, Emit emit) {
 template <class Generator, class Emit, class EndRank>
 constexpr void emit_generated_ranks(const Generator& g, Emit emit, EndRank end_rank) {
   if (!g.options.with_communication) {
-    for (int r = 0; r < g.compute_info().ranks; ++r) {
+    const int ranks = g.info().ranks;
+    for (int r = 0; r < ranks; ++r) {
       g.emit_compute_rank(r, emit);
       end_rank();
     }

@@ -51,9 +51,6 @@ struct one_f_one_b_generator {
     return {schedule_kind::one_f_one_b, ranks,       ranks, microbatches, placement::linear,
             options.forward_only,       options.with_communication};
   }
-  [[nodiscard]] constexpr schedule_info compute_info() const {
-    return detail::without_communication(info());
-  }
 
   // The compute order of one rank, without communication.
   template <class Emit>

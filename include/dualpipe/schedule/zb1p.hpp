@@ -53,9 +53,6 @@ struct zb1p_generator {
     return {schedule_kind::zb1p,  ranks,       ranks, microbatches, placement::linear,
             options.forward_only, options.with_communication};
   }
-  [[nodiscard]] constexpr schedule_info compute_info() const {
-    return detail::without_communication(info());
-  }
 
   // The compute order of one rank, without communication.
   template <class Emit>

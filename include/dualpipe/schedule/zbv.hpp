@@ -144,9 +144,6 @@ struct zbv_generator {
     return {schedule_kind::zbv,   ranks,       2 * ranks, microbatches, placement::v_shape,
             options.forward_only, options.with_communication};
   }
-  [[nodiscard]] constexpr schedule_info compute_info() const {
-    return detail::without_communication(info());
-  }
 
   // The compute order of one rank, without communication.
   template <class Emit>
