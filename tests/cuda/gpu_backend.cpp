@@ -222,7 +222,7 @@ TEST_CASE(
   CHECK_THROWS_AS(network.attach(0, compute0.get()), std::logic_error);
   CHECK_THROWS_WITH(
       t0.post_send(dualpipe::make_communication(dualpipe::op::send_forward, 0, 0, 0), buffer),
-      Catch::Contains("names peer 0"));
+      Catch::Contains("names peer rank 0, which is not another rank of 0..1"));
 
   dualpipe::device_local_network<tensor> slow(2, std::chrono::seconds(30));
   auto& s0 = slow.attach(0, compute0.get());

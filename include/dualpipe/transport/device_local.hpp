@@ -85,11 +85,13 @@ class device_local_transport {
   [[nodiscard]] cudaStream_t communication_stream() const noexcept { return comm_.get(); }
 
   void post_send(const instruction& i, const Tensor& buffer) {
-    check_posted(i, is_send(i.kind), "post_send takes a SEND_F or SEND_B instruction");
+    detail::check_posted(i, is_send(i.kind), "post_send takes a SEND_F or SEND_B instruction",
+                         rank_, ranks());
     sends_.push_back({i, buffer.data(), static_cast<std::size_t>(buffer.size()), nullptr});
   }
   void post_recv(const instruction& i, Tensor& buffer) {
-    check_posted(i, is_recv(i.kind), "post_recv takes a RECV_F or RECV_B instruction");
+    detail::check_posted(i, is_recv(i.kind), "post_recv takes a RECV_F or RECV_B instruction",
+                         rank_, ranks());
     recvs_.push_back({i, nullptr, 0, &buffer});
   }
 
@@ -114,8 +116,6 @@ class device_local_transport {
     std::size_t count;
     Tensor* target;  // receives
   };
-
-  void check_posted(const instruction& i, bool kind_ok, const char* what) const;
 
   device_local_network<Tensor>* network_;
   int rank_;
@@ -250,19 +250,6 @@ class device_local_network {
 template <cuda::device_tensor Tensor>
 int device_local_transport<Tensor>::ranks() const noexcept {
   return network_->ranks();
-}
-
-template <cuda::device_tensor Tensor>
-void device_local_transport<Tensor>::check_posted(const instruction& i, bool kind_ok,
-                                                  const char* what) const {
-  if (!kind_ok)
-    throw transport_error(
-        rank_, "rank " + std::to_string(rank_) + ": " + what + ", got " + format_action(i));
-  if (i.peer < 0 || i.peer >= network_->ranks() || i.peer == rank_)
-    throw transport_error(rank_, "rank " + std::to_string(rank_) + ": " + format_action(i) +
-                                     " names peer " + std::to_string(i.peer) +
-                                     ", which is not another rank of the " +
-                                     std::to_string(network_->ranks()) + "-rank network");
 }
 
 template <cuda::device_tensor Tensor>

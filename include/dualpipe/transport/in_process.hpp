@@ -54,11 +54,13 @@ class in_process_transport {
   [[nodiscard]] int ranks() const noexcept;
 
   void post_send(const instruction& i, const Tensor& buffer) {
-    check_peer(i, is_send(i.kind), "post_send takes a SEND_F or SEND_B instruction");
+    detail::check_posted(i, is_send(i.kind), "post_send takes a SEND_F or SEND_B instruction",
+                         rank_, ranks());
     sends_.push_back({i, &buffer});
   }
   void post_recv(const instruction& i, Tensor& buffer) {
-    check_peer(i, is_recv(i.kind), "post_recv takes a RECV_F or RECV_B instruction");
+    detail::check_posted(i, is_recv(i.kind), "post_recv takes a RECV_F or RECV_B instruction",
+                         rank_, ranks());
     recvs_.push_back({i, &buffer});
   }
   // Launches every send and receive posted since the last commit and waits
@@ -83,7 +85,6 @@ class in_process_transport {
     Tensor* buffer;
   };
 
-  void check_peer(const instruction& i, bool kind_ok, const char* what) const;
   // The oldest of this rank's published sends nobody has finished reading.
   [[nodiscard]] instruction first_unread_send() const;
 
@@ -227,19 +228,6 @@ class in_process_network {
 template <class Tensor>
 int in_process_transport<Tensor>::ranks() const noexcept {
   return network_->ranks_;
-}
-
-template <class Tensor>
-void in_process_transport<Tensor>::check_peer(const instruction& i, bool kind_ok,
-                                              const char* what) const {
-  if (!kind_ok)
-    throw transport_error(rank_, "dualpipe: rank " + std::to_string(rank_) + ": " + what +
-                                     ", got " + format_action(i));
-  if (i.peer < 0 || i.peer >= network_->ranks_ || i.peer == rank_)
-    throw transport_error(rank_, "dualpipe: rank " + std::to_string(rank_) + ": " +
-                                     format_action(i) + " names peer rank " +
-                                     std::to_string(i.peer) + ", which is not another rank of 0.." +
-                                     std::to_string(network_->ranks_ - 1));
 }
 
 template <class Tensor>

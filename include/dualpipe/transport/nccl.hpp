@@ -399,7 +399,8 @@ class nccl_transport {
   }
 
   void post_send(const instruction& i, const Tensor& buffer) {
-    check_posted(i, is_send(i.kind), "post_send takes a SEND_F or SEND_B instruction");
+    detail::check_posted(i, is_send(i.kind), "post_send takes a SEND_F or SEND_B instruction",
+                         rank_, ranks_);
     if (static_cast<std::size_t>(buffer.size()) != message_elements_)
       throw transport_error(rank_, "rank " + std::to_string(rank_) + ": " + format_action(i) +
                                        " sends " + std::to_string(buffer.size()) +
@@ -408,7 +409,8 @@ class nccl_transport {
     posted_.push_back({i, buffer.data(), nullptr});
   }
   void post_recv(const instruction& i, Tensor& buffer) {
-    check_posted(i, is_recv(i.kind), "post_recv takes a RECV_F or RECV_B instruction");
+    detail::check_posted(i, is_recv(i.kind), "post_recv takes a RECV_F or RECV_B instruction",
+                         rank_, ranks_);
     posted_.push_back({i, nullptr, &buffer});
   }
 
@@ -496,17 +498,6 @@ class nccl_transport {
     std::uint64_t generation = 0;
     bool busy = false;
   };
-
-  void check_posted(const instruction& i, bool kind_ok, const char* what) const {
-    if (!kind_ok)
-      throw transport_error(
-          rank_, "rank " + std::to_string(rank_) + ": " + what + ", got " + format_action(i));
-    if (i.peer < 0 || i.peer >= ranks_ || i.peer == rank_)
-      throw transport_error(rank_, "rank " + std::to_string(rank_) + ": " + format_action(i) +
-                                       " names peer " + std::to_string(i.peer) +
-                                       ", which is not another of the " + std::to_string(ranks_) +
-                                       " pipeline ranks");
-  }
 
   // A completion event whose previous batch has finished (or a new one:
   // warm-up only).

@@ -5,11 +5,13 @@
 #pragma once
 
 #include <concepts>
+#include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
 
 #include "dualpipe/runtime/errors.hpp"
+#include "dualpipe/schedule/action_syntax.hpp"
 #include "dualpipe/schedule/instruction.hpp"
 
 namespace dualpipe {
@@ -131,4 +133,23 @@ consteval bool check_pipeline_transport() {
   return pipeline_transport<T>;
 }
 
+namespace detail {
+
+// What every transport checks of an instruction handed to post_send or
+// post_recv before it queues anything: the kind (`kind_ok`, else the sentence
+// `what`) and a peer that is another of the `ranks` ranks. Throws
+// transport_error naming `rank` and the instruction.
+inline void check_posted(const instruction& i, bool kind_ok, const char* what, int rank,
+                         int ranks) {
+  if (!kind_ok)
+    throw transport_error(rank, "dualpipe: rank " + std::to_string(rank) + ": " + what +
+                                    ", got " + format_action(i));
+  if (i.peer < 0 || i.peer >= ranks || i.peer == rank)
+    throw transport_error(rank, "dualpipe: rank " + std::to_string(rank) + ": " +
+                                    format_action(i) + " names peer rank " +
+                                    std::to_string(i.peer) + ", which is not another rank of 0.." +
+                                    std::to_string(ranks - 1));
+}
+
+}  // namespace detail
 }  // namespace dualpipe
