@@ -5,62 +5,17 @@
 // ($DUALPIPE_SCHEDULE, set by meson).
 #include <catch2/catch.hpp>
 
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <array>
-#include <cstdio>
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "dualpipe/analysis/validate.hpp"
 #include "dualpipe/io/csv.hpp"
+#include "run_tool.hpp"
 
 namespace {
 
-struct tool_run {
-  int status = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string quoted(const std::string& s) {
-  std::string out = "'";
-  for (const char c : s) {
-    if (c == '\'') out += "'\\''";
-    else out.push_back(c);
-  }
-  return out + "'";
-}
-
-tool_run run_tool(const std::vector<std::string>& args) {
-  const char* tool = std::getenv("DUALPIPE_SCHEDULE");
-  if (tool == nullptr) FAIL("DUALPIPE_SCHEDULE is not set: run this test through meson test");
-  char err_name[] = "/tmp/baselines_cli_test_XXXXXX";
-  const int fd = mkstemp(err_name);
-  REQUIRE(fd >= 0);
-  close(fd);
-  std::string command = quoted(tool);
-  for (const std::string& a : args) command += " " + quoted(a);
-  command += " 2>" + quoted(err_name);
-  tool_run result;
-  FILE* pipe = popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::array<char, 4096> buffer{};
-  for (std::size_t n; (n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0;)
-    result.out.append(buffer.data(), n);
-  const int raw = pclose(pipe);
-  result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  std::ifstream err_file(err_name);
-  std::stringstream err;
-  err << err_file.rdbuf();
-  result.err = err.str();
-  std::remove(err_name);
-  return result;
-}
+using tool_test::run_tool;
+using tool_test::tool_run;
 
 tool_run csv_of(const std::string& schedule, int P, int N, std::vector<std::string> extra = {}) {
   std::vector<std::string> args{"--schedule",     schedule,         "--ranks",

@@ -4,81 +4,23 @@
 
 #include <nlohmann/json.hpp>
 
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <array>
-#include <cstdio>
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "dualpipe/analysis/validate.hpp"
 #include "dualpipe/io/csv.hpp"
+#include "run_tool.hpp"
 
 namespace {
 
-struct run_result {
-  int status = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string tool_path() {
-  const char* path = std::getenv("DUALPIPE_SCHEDULE");
-  if (path == nullptr) FAIL("DUALPIPE_SCHEDULE is not set: run this test through meson test");
-  return path;
-}
-
-std::string shell_quote(const std::string& s) {
-  std::string out = "'";
-  for (const char c : s) {
-    if (c == '\'')
-      out += "'\\''";
-    else
-      out.push_back(c);
-  }
-  return out + "'";
-}
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
-
-// Runs the tool with `args` (each shell-quoted), capturing stdout and stderr.
-run_result run(const std::vector<std::string>& args) {
-  char err_name[] = "/tmp/dualpipe_schedule_test_XXXXXX";
-  const int fd = mkstemp(err_name);
-  REQUIRE(fd >= 0);
-  close(fd);
-  std::string command = shell_quote(tool_path());
-  for (const std::string& a : args) command += " " + shell_quote(a);
-  command += " 2>" + shell_quote(err_name);
-  run_result result;
-  FILE* pipe = popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::array<char, 4096> buffer{};
-  for (std::size_t n; (n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0;)
-    result.out.append(buffer.data(), n);
-  const int raw = pclose(pipe);
-  result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  std::ifstream err_file(err_name);
-  std::stringstream err;
-  err << err_file.rdbuf();
-  result.err = err.str();
-  std::remove(err_name);
-  return result;
-}
+using tool_test::lines_of;
+using tool_test::run_tool;
+using tool_test::tool_run;
 
 }  // namespace
 
 TEST_CASE("default output is PyTorch's compute-only CSV and nothing else", "[tools]") {
-  const run_result r = run({"--schedule", "dualpipe", "--ranks", "2", "--microbatches", "4"});
+  const tool_run r = run_tool({"--schedule", "dualpipe", "--ranks", "2", "--microbatches", "4"});
   CHECK(r.status == 0);
   CHECK(r.err.empty());
   // The order of the eight steps for P = 2, N = 4 (derived in tests/io/csv_test.cpp).
@@ -91,8 +33,8 @@ TEST_CASE("CSV has one line per rank and imports into a valid table", "[tools]")
   for (const char* schedule : {"dualpipe", "dualpipev"})
     for (const int P : {2, 4, 8}) {
       INFO(schedule << " P=" << P);
-      const run_result r = run({"--schedule", schedule, "--ranks", std::to_string(P),
-                                "--microbatches", std::to_string(2 * P + 2)});
+      const tool_run r = run_tool({"--schedule", schedule, "--ranks", std::to_string(P),
+                                   "--microbatches", std::to_string(2 * P + 2)});
       REQUIRE(r.status == 0);
       CHECK(lines_of(r.out).size() == static_cast<std::size_t>(P));
       CHECK(r.out.find("SEND") == std::string::npos);
@@ -103,8 +45,8 @@ TEST_CASE("CSV has one line per rank and imports into a valid table", "[tools]")
 }
 
 TEST_CASE("--with-comm and --forward-only", "[tools]") {
-  const run_result comm =
-      run({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--with-comm"});
+  const tool_run comm =
+      run_tool({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--with-comm"});
   REQUIRE(comm.status == 0);
   CHECK(lines_of(comm.out).size() == 4);
   CHECK(comm.out.find("SEND_F") != std::string::npos);
@@ -113,8 +55,8 @@ TEST_CASE("--with-comm and --forward-only", "[tools]") {
   CHECK(table.info().with_communication);
   CHECK(dualpipe::validate(table).ok);
 
-  const run_result fwd =
-      run({"--schedule", "dualpipev", "--ranks", "4", "--microbatches", "8", "--forward-only"});
+  const tool_run fwd = run_tool(
+      {"--schedule", "dualpipev", "--ranks", "4", "--microbatches", "8", "--forward-only"});
   REQUIRE(fwd.status == 0);
   CHECK(fwd.out.find('B') == std::string::npos);
   CHECK(fwd.out.find('W') == std::string::npos);
@@ -122,8 +64,8 @@ TEST_CASE("--with-comm and --forward-only", "[tools]") {
 }
 
 TEST_CASE("--format grid", "[tools]") {
-  const run_result r =
-      run({"--schedule", "dualpipe", "--ranks", "2", "--microbatches", "4", "--format", "grid"});
+  const tool_run r = run_tool(
+      {"--schedule", "dualpipe", "--ranks", "2", "--microbatches", "4", "--format", "grid"});
   REQUIRE(r.status == 0);
   CHECK(r.err.empty());
   const auto lines = lines_of(r.out);
@@ -134,8 +76,8 @@ TEST_CASE("--format grid", "[tools]") {
 }
 
 TEST_CASE("--format json", "[tools]") {
-  const run_result r =
-      run({"--schedule", "dualpipev", "--ranks", "3", "--microbatches", "6", "--format", "json"});
+  const tool_run r = run_tool(
+      {"--schedule", "dualpipev", "--ranks", "3", "--microbatches", "6", "--format", "json"});
   REQUIRE(r.status == 0);
   const auto j = nlohmann::json::parse(r.out);
   CHECK(j.at("schedule") == "dualpipev");
@@ -174,7 +116,7 @@ TEST_CASE("bad arguments: one line on stderr, exit status 2, nothing on stdout",
     std::string shown;
     for (const auto& a : args) shown += a + " ";
     INFO("arguments: " << shown);
-    const run_result r = run(args);
+    const tool_run r = run_tool(args);
     CHECK(r.status == 2);
     CHECK(r.out.empty());
     const auto lines = lines_of(r.err);
@@ -185,21 +127,22 @@ TEST_CASE("bad arguments: one line on stderr, exit status 2, nothing on stdout",
 }
 
 TEST_CASE("error messages say what is wrong", "[tools]") {
-  CHECK_THAT(run({"--schedule", "nosuch", "--ranks", "4", "--microbatches", "8"}).err,
+  CHECK_THAT(run_tool({"--schedule", "nosuch", "--ranks", "4", "--microbatches", "8"}).err,
              Catch::Contains("unknown schedule 'nosuch'") && Catch::Contains("dualpipev"));
-  CHECK_THAT(run({"--schedule", "dualpipe", "--ranks", "5", "--microbatches", "20"}).err,
+  CHECK_THAT(run_tool({"--schedule", "dualpipe", "--ranks", "5", "--microbatches", "20"}).err,
              Catch::Contains("P even"));
-  CHECK_THAT(run({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "6"}).err,
+  CHECK_THAT(run_tool({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "6"}).err,
              Catch::Contains("N >= 2P"));
   CHECK_THAT(
-      run({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--format", "xml"}).err,
+      run_tool({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--format", "xml"})
+          .err,
       Catch::Contains("unknown format 'xml'") && Catch::Contains("grid"));
-  CHECK_THAT(run({"--schedule", "dualpipe", "--ranks", "four", "--microbatches", "8"}).err,
+  CHECK_THAT(run_tool({"--schedule", "dualpipe", "--ranks", "four", "--microbatches", "8"}).err,
              Catch::Contains("--ranks"));
 }
 
 TEST_CASE("--help documents every option and exits 0", "[tools]") {
-  const run_result r = run({"--help"});
+  const tool_run r = run_tool({"--help"});
   CHECK(r.status == 0);
   CHECK(r.err.empty());
   for (const char* option :

@@ -5,80 +5,25 @@
 
 #include <nlohmann/json.hpp>
 
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cstdio>
-#include <cstdlib>
-#include <fstream>
 #include <map>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "run_tool.hpp"
+
 namespace {
 
-struct outcome {
-  int status = -1;
-  std::string out, err;
-};
-
-std::string shell_quoted(const std::string& s) {
-  std::string q = "'";
-  for (const char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-// A file under /tmp removed when the test ends.
-struct temporary_file {
-  std::string path;
-  explicit temporary_file(const std::string& content) {
-    char name[] = "/tmp/dualpipe_simulate_cli_XXXXXX";
-    const int fd = mkstemp(name);
-    REQUIRE(fd >= 0);
-    close(fd);
-    path = name;
-    std::ofstream(path, std::ios::binary) << content;
-  }
-  ~temporary_file() { std::remove(path.c_str()); }
-  temporary_file(const temporary_file&) = delete;
-  temporary_file& operator=(const temporary_file&) = delete;
-};
-
-outcome run(const std::vector<std::string>& args) {
-  const char* tool = std::getenv("DUALPIPE_SCHEDULE");
-  if (tool == nullptr) FAIL("DUALPIPE_SCHEDULE is not set: run this test through meson test");
-  temporary_file out(""), err("");
-  std::string command = shell_quoted(tool);
-  for (const std::string& a : args) command += " " + shell_quoted(a);
-  command += " >" + shell_quoted(out.path) + " 2>" + shell_quoted(err.path);
-  const int raw = std::system(command.c_str());
-  outcome o;
-  o.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  o.out = read_file(out.path);
-  o.err = read_file(err.path);
-  return o;
-}
-
-std::vector<std::string> lines(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) out.push_back(line);
-  return out;
-}
+using tool_test::lines_of;
+using tool_test::run_tool;
+using tool_test::temporary_file;
+using tool_test::tool_run;
 
 // Counts of each compute kind per rank, read from the tool's own CSV export
 // (not from the simulator): "3F0", "2I5", "(0F4;7B1)OVERLAP_F_B".
 std::vector<std::map<std::string, int>> compute_counts(const std::string& csv) {
   std::vector<std::map<std::string, int>> out;
-  for (const std::string& line : lines(csv)) {
+  for (const std::string& line : lines_of(csv)) {
     std::map<std::string, int> counts;
     std::istringstream fields(line);
     for (std::string a; std::getline(fields, a, ',');) {
@@ -101,8 +46,9 @@ std::vector<std::map<std::string, int>> compute_counts(const std::string& csv) {
 }  // namespace
 
 TEST_CASE("simulate --format json: DualPipe 8x20 under the published figure's costs") {
-  const outcome o = run({"simulate", "--schedule", "dualpipe", "--ranks", "8", "--microbatches",
-                         "20", "--cost", "F=1,B=2,W=1,FB=2.5,comm=0", "--format", "json"});
+  const tool_run o =
+      run_tool({"simulate", "--schedule", "dualpipe", "--ranks", "8", "--microbatches", "20",
+                "--cost", "F=1,B=2,W=1,FB=2.5,comm=0", "--format", "json"});
   INFO(o.err);
   REQUIRE(o.status == 0);
   REQUIRE(o.err.empty());
@@ -114,7 +60,7 @@ TEST_CASE("simulate --format json: DualPipe 8x20 under the published figure's co
   const auto& ranks = doc.at("ranks");
   REQUIRE(ranks.size() == 8);
 
-  const outcome csv = run({"--schedule", "dualpipe", "--ranks", "8", "--microbatches", "20"});
+  const tool_run csv = run_tool({"--schedule", "dualpipe", "--ranks", "8", "--microbatches", "20"});
   REQUIRE(csv.status == 0);
   const auto counts = compute_counts(csv.out);
   REQUIRE(counts.size() == 8);
@@ -136,10 +82,10 @@ TEST_CASE("simulate --format json: DualPipe 8x20 under the published figure's co
 }
 
 TEST_CASE("simulate --format text is a readable table") {
-  const outcome o =
-      run({"simulate", "--schedule", "dualpipev", "--ranks", "4", "--microbatches", "8"});
+  const tool_run o =
+      run_tool({"simulate", "--schedule", "dualpipev", "--ranks", "4", "--microbatches", "8"});
   REQUIRE(o.status == 0);
-  const auto text = lines(o.out);
+  const auto text = lines_of(o.out);
   REQUIRE(text.size() == 3 + 4);
   REQUIRE(text[1].find("makespan") == 0);
   REQUIRE(text[2].find("rank") != std::string::npos);
@@ -149,7 +95,7 @@ TEST_CASE("simulate --format text is a readable table") {
 TEST_CASE("simulate --input FILE.csv gives the same result as the schedule it came from") {
   for (const char* schedule : {"dualpipe", "dualpipev"}) {
     INFO(schedule);
-    const outcome csv = run({"--schedule", schedule, "--ranks", "4", "--microbatches", "10"});
+    const tool_run csv = run_tool({"--schedule", schedule, "--ranks", "4", "--microbatches", "10"});
     REQUIRE(csv.status == 0);
     const temporary_file file(csv.out);
     const std::vector<std::string> common = {"--cost", "F=1.5,B=2.5,W=1,FB=3,comm=0.25", "--format",
@@ -159,8 +105,8 @@ TEST_CASE("simulate --input FILE.csv gives the same result as the schedule it ca
     std::vector<std::string> b = {"simulate", "--input", file.path};
     a.insert(a.end(), common.begin(), common.end());
     b.insert(b.end(), common.begin(), common.end());
-    const outcome from_schedule = run(a);
-    const outcome from_file = run(b);
+    const tool_run from_schedule = run_tool(a);
+    const tool_run from_file = run_tool(b);
     INFO(from_file.err);
     REQUIRE(from_schedule.status == 0);
     REQUIRE(from_file.status == 0);
@@ -172,7 +118,7 @@ TEST_CASE("simulate --input FILE.csv gives the same result as the schedule it ca
 }
 
 TEST_CASE("timeline formats: chrome-trace and svg, from simulate and as --format") {
-  const outcome csv = run({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8"});
+  const tool_run csv = run_tool({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8"});
   std::size_t computes = 0;
   for (const auto& rank : compute_counts(csv.out))
     for (const auto& [kind, n] : rank) computes += static_cast<std::size_t>(n);
@@ -181,7 +127,7 @@ TEST_CASE("timeline formats: chrome-trace and svg, from simulate and as --format
         "--schedule", "dualpipe",           "--ranks",  "4",           "--microbatches", "8",
         "--cost",     "F=1,B=2,W=1,FB=2.5", "--format", "chrome-trace"};
     if (sub) args.insert(args.begin(), "simulate");
-    const outcome trace = run(args);
+    const tool_run trace = run_tool(args);
     REQUIRE(trace.status == 0);
     const auto doc = nlohmann::json::parse(trace.out);
     std::size_t complete = 0;
@@ -189,7 +135,7 @@ TEST_CASE("timeline formats: chrome-trace and svg, from simulate and as --format
     REQUIRE(complete == computes);
 
     args.back() = "svg";
-    const outcome svg = run(args);
+    const tool_run svg = run_tool(args);
     REQUIRE(svg.status == 0);
     REQUIRE(svg.out.rfind("<?xml", 0) == 0);
     REQUIRE(svg.out.find("<svg xmlns=\"http://www.w3.org/2000/svg\"") != std::string::npos);
@@ -199,19 +145,19 @@ TEST_CASE("timeline formats: chrome-trace and svg, from simulate and as --format
 }
 
 TEST_CASE("validate: ok, or the first violation with exit 1") {
-  const outcome csv =
-      run({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--with-comm"});
+  const tool_run csv =
+      run_tool({"--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--with-comm"});
   REQUIRE(csv.status == 0);
   const temporary_file good(csv.out);
-  const outcome ok = run({"validate", "--input", good.path});
+  const tool_run ok = run_tool({"validate", "--input", good.path});
   REQUIRE(ok.status == 0);
   REQUIRE(ok.out == "ok\n");
-  REQUIRE(run({"validate", "--schedule", "dualpipev", "--ranks", "4", "--microbatches", "8",
-               "--with-comm"})
+  REQUIRE(run_tool({"validate", "--schedule", "dualpipev", "--ranks", "4", "--microbatches", "8",
+                    "--with-comm"})
               .out == "ok\n");
 
   const temporary_file bad("0B0,0F0\n1F0,1B0\n");
-  const outcome invalid = run({"validate", "--input", bad.path});
+  const tool_run invalid = run_tool({"validate", "--input", bad.path});
   REQUIRE(invalid.status == 1);
   REQUIRE(invalid.out ==
           "invalid schedule: rank 0, instruction 0 (0B0): a backward runs before its own forward; "
@@ -221,33 +167,33 @@ TEST_CASE("validate: ok, or the first violation with exit 1") {
 TEST_CASE("malformed CSV is exit 2 with its line and column") {
   const temporary_file malformed("0F0,0B0\n1F0,1X0\n");
   for (const char* command : {"validate", "simulate"}) {
-    const outcome o = run({command, "--input", malformed.path});
+    const tool_run o = run_tool({command, "--input", malformed.path});
     REQUIRE(o.status == 2);
     REQUIRE(o.out.empty());
-    REQUIRE(lines(o.err).size() == 1);
+    REQUIRE(lines_of(o.err).size() == 1);
     REQUIRE(o.err.rfind("dualpipe-schedule: error: CSV line 2, column 6: expected an action kind",
                         0) == 0);
   }
-  const outcome reexport = run({"--input", malformed.path, "--format", "json"});
+  const tool_run reexport = run_tool({"--input", malformed.path, "--format", "json"});
   REQUIRE(reexport.status == 2);
 }
 
 TEST_CASE("re-export of an imported CSV") {
   const std::string text = "0F0,0F1,0B0,0B1\n1F0,1B0,1F1,1B1\n";
   const temporary_file file(text);
-  const outcome again = run({"--input", file.path});
+  const tool_run again = run_tool({"--input", file.path});
   REQUIRE(again.status == 0);
   REQUIRE(again.out == text);
-  const outcome json = run({"--input", file.path, "--format", "json"});
+  const tool_run json = run_tool({"--input", file.path, "--format", "json"});
   REQUIRE(json.status == 0);
   REQUIRE(nlohmann::json::parse(json.out).at("ranks") == 2);
 }
 
 TEST_CASE("a schedule that cannot run: simulate exits 1 naming the stuck instructions") {
   const temporary_file cyclic("0F0,0B0,0F1,0B1\n1F1,1F0,1B0,1B1\n");
-  const outcome o = run({"simulate", "--input", cyclic.path});
+  const tool_run o = run_tool({"simulate", "--input", cyclic.path});
   REQUIRE(o.status == 1);
-  REQUIRE(lines(o.err).size() == 1);
+  REQUIRE(lines_of(o.err).size() == 1);
   REQUIRE(o.err.find("rank 0 waits at instruction 1 (0B0) for 1B0") != std::string::npos);
   REQUIRE(o.err.find("rank 1 waits at instruction 0 (1F1) for 0F1") != std::string::npos);
 }
@@ -273,10 +219,10 @@ TEST_CASE("bad usage is one line on stderr and exit 2") {
     std::string shown;
     for (const auto& a : args) shown += a + " ";
     INFO(shown);
-    const outcome o = run(args);
+    const tool_run o = run_tool(args);
     REQUIRE(o.status == 2);
     REQUIRE(o.out.empty());
-    REQUIRE(lines(o.err).size() == 1);
+    REQUIRE(lines_of(o.err).size() == 1);
     REQUIRE(o.err.rfind("dualpipe-schedule: error: ", 0) == 0);
   }
 }
@@ -301,7 +247,7 @@ TEST_CASE("simulate the baselines by name: 1F1B and ZB1P closed forms, interleav
     std::vector<std::string> args = {"simulate", "--cost", "F=1,B=2,W=1", "--format", "json"};
     args.insert(args.end(), c.args.begin(), c.args.end());
     INFO(c.args[1]);
-    const outcome o = run(args);
+    const tool_run o = run_tool(args);
     INFO(o.err);
     REQUIRE(o.status == 0);
     const auto doc = nlohmann::json::parse(o.out);
