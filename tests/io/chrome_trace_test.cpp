@@ -13,6 +13,7 @@
 #include "dualpipe/io/chrome_trace.hpp"
 #include "dualpipe/schedule/dualpipe.hpp"
 
+#include "hand_tables.hpp"
 #include "schedule_catalogue.hpp"
 
 using namespace dualpipe;
@@ -39,15 +40,7 @@ std::string expected_name(const std::string& action) {
 }  // namespace
 
 TEST_CASE("a hand-made two-rank timeline, event by event") {
-  schedule_table t({schedule_kind::custom, 2, 2, 2, placement::linear, false, false});
-  for (const instruction& x :
-       {make_forward(0, 0), make_forward(0, 1), make_backward(0, 0), make_backward(0, 1)})
-    t.push(x);
-  t.end_rank();
-  for (const instruction& x : {make_forward(1, 0), make_overlapped(1, 1, 1, 0),
-                               make_backward_input(1, 1), make_backward_weight(1, 1)})
-    t.push(x);
-  t.end_rank();
+  const schedule_table t = test::two_ranks_with_overlap();
   // comm 0.5: F(1,0) [1.5, 2.5]; pair waits for F(0,1) (ends 2, +0.5) -> [2.5, 5.5].
   const simulation s = simulate(
       t, cost_model{.forward = 1, .backward = 2, .weight = 1, .overlapped = 3, .comm = 0.5});

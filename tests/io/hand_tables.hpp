@@ -1,4 +1,4 @@
-// A small table written by hand, shared by the io tests that format or read it.
+// Small tables written by hand, shared by the io tests that format or read them.
 #pragma once
 
 #include "dualpipe/schedule/instruction.hpp"
@@ -23,6 +23,22 @@ inline schedule_table two_stage_with_communication() {
   t.push(make_communication(op::send_backward, 1, 0, 0));
   t.push(make_commit());
   t.push(make_backward_weight(1, 0));
+  t.end_rank();
+  return t;
+}
+
+// Two ranks, two micro-batches, compute only: rank 0 runs F F B B, rank 1
+// runs F, an overlapped pair (F of micro-batch 1 with B of micro-batch 0),
+// then I and W of micro-batch 1. Every compute kind a timeline draws.
+inline schedule_table two_ranks_with_overlap() {
+  schedule_table t({schedule_kind::custom, 2, 2, 2, placement::linear, false, false});
+  for (const instruction& x :
+       {make_forward(0, 0), make_forward(0, 1), make_backward(0, 0), make_backward(0, 1)})
+    t.push(x);
+  t.end_rank();
+  for (const instruction& x : {make_forward(1, 0), make_overlapped(1, 1, 1, 0),
+                               make_backward_input(1, 1), make_backward_weight(1, 1)})
+    t.push(x);
   t.end_rank();
   return t;
 }

@@ -15,6 +15,7 @@
 #include "dualpipe/io/svg.hpp"
 #include "dualpipe/schedule/dualpipe.hpp"
 
+#include "hand_tables.hpp"
 #include "schedule_catalogue.hpp"
 
 using namespace dualpipe;
@@ -205,15 +206,7 @@ TEST_CASE("every schedule's picture is well-formed, with one cell per compute") 
 }
 
 TEST_CASE("a hand-made timeline: colours, numbers, white idle time, legend") {
-  schedule_table t({schedule_kind::custom, 2, 2, 2, placement::linear, false, false});
-  for (const instruction& x :
-       {make_forward(0, 0), make_forward(0, 1), make_backward(0, 0), make_backward(0, 1)})
-    t.push(x);
-  t.end_rank();
-  for (const instruction& x : {make_forward(1, 0), make_overlapped(1, 1, 1, 0),
-                               make_backward_input(1, 1), make_backward_weight(1, 1)})
-    t.push(x);
-  t.end_rank();
+  const schedule_table t = test::two_ranks_with_overlap();
   const simulation s =
       simulate(t, cost_model{.forward = 1, .backward = 2, .weight = 1, .overlapped = 3});
   const svg_options options{.unit = 10.0, .row_height = 20.0, .forward_share = 0.25};
