@@ -19,6 +19,8 @@
 #include "dualpipe/schedule/zb1p.hpp"
 #include "dualpipe/schedule/zbv.hpp"
 
+#include "rank_actions.hpp"
+
 namespace {
 
 using namespace dualpipe;
@@ -26,15 +28,7 @@ using namespace dualpipe;
 constexpr generator_options compute_only{.forward_only = false, .with_communication = false};
 constexpr generator_options inference{.forward_only = true, .with_communication = false};
 
-// "0F0 0F1 ..." for one rank.
-std::string actions(table_view t, int rank) {
-  std::string out;
-  for (const instruction& i : t.rank(rank)) {
-    if (!out.empty()) out += ' ';
-    out += format_action(i);
-  }
-  return out;
-}
+using test::actions;
 
 void require_orders(const schedule_table& t, const std::vector<std::string>& expected) {
   REQUIRE(t.info().ranks == static_cast<int>(expected.size()));

@@ -17,20 +17,15 @@
 #include "dualpipe/schedule/lower.hpp"
 #include "dualpipe/schedule/zbv.hpp"
 
+#include "rank_actions.hpp"
+
 namespace {
 
 using namespace dualpipe;
 
 constexpr generator_options compute_only{.forward_only = false, .with_communication = false};
 
-std::string actions(table_view t, int rank) {
-  std::string out;
-  for (const instruction& i : t.rank(rank)) {
-    if (!out.empty()) out += ' ';
-    out += format_action(i);
-  }
-  return out;
-}
+using test::actions;
 
 // A compute-only table from action text, one string of actions per rank.
 schedule_table table_of(schedule_info info, std::initializer_list<std::vector<std::string>> ranks) {
