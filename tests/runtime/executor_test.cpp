@@ -23,6 +23,7 @@
 #include "dualpipe/schedule/dualpipe.hpp"
 #include "dualpipe/schedule/registry.hpp"
 #include "dualpipe/transport/in_process.hpp"
+#include "rank_threads.hpp"
 
 // --- allocation counting: operator new counts per thread while enabled ------
 
@@ -274,15 +275,7 @@ void rethrow_any(const std::vector<rank_run>& runs) {
     if (r.error) std::rethrow_exception(r.error);
 }
 
-std::string what_of(const std::exception_ptr& e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& x) {
-    return x.what();
-  } catch (...) {
-    return "?";
-  }
-}
+using dualpipe::test::what_of;
 
 // Every table the registry builds at these sizes (skipping sizes a schedule
 // rejects), plus DualPipe and DualPipeV.
@@ -649,48 +642,38 @@ TEST_CASE("split_inputs, split_labels and gather_outputs", "[executor]") {
   const auto table = dualpipe::schedules::dualpipev(P, N);
   dualpipe::in_process_network<token> net(P);
   std::vector<double> gathered;
-  std::vector<std::exception_ptr> errors(P);
   const auto body = [&](int r) {
-    try {
-      std::vector<call> log;
-      std::vector<recording_stage<true>> st(2);
-      int used = 0;
-      executor_t<true> ex(table, net.endpoint(r), [&](int s) -> recording_stage<true>& {
-        auto& x = st[static_cast<std::size_t>(used++)];
-        x.stage = s;
-        x.stages = 2 * P;
-        x.log = &log;
-        return x;
+    std::vector<call> log;
+    std::vector<recording_stage<true>> st(2);
+    int used = 0;
+    executor_t<true> ex(table, net.endpoint(r), [&](int s) -> recording_stage<true>& {
+      auto& x = st[static_cast<std::size_t>(used++)];
+      x.stage = s;
+      x.stages = 2 * P;
+      x.log = &log;
+      return x;
+    });
+    const std::vector<double> batch{1, 2, 3, 4};  // one value per micro-batch
+    const auto split = [](const std::vector<double>& b, int part, int parts, token& out) {
+      if (parts != 4) throw std::logic_error("split into " + std::to_string(parts) + " parts");
+      out = {token::input, -1, part, b[static_cast<std::size_t>(part)], {}};
+    };
+    const auto split_label = [](const std::vector<double>&, int part, int, token& out) {
+      out = {token::input, -1, part, 0, {}};
+    };
+    token_loss loss;
+    if (r == 0) {
+      const auto inputs = ex.split_inputs(batch, split);
+      const auto labels = ex.split_labels(batch, split_label);
+      ex.step(inputs, labels, loss, {.return_outputs = true});
+      ex.gather_outputs(gathered, [](std::span<const token> outs, std::vector<double>& whole) {
+        for (const token& t : outs) whole.push_back(t.value);
       });
-      const std::vector<double> batch{1, 2, 3, 4};  // one value per micro-batch
-      const auto split = [](const std::vector<double>& b, int part, int parts, token& out) {
-        if (parts != 4) throw std::logic_error("split into " + std::to_string(parts) + " parts");
-        out = {token::input, -1, part, b[static_cast<std::size_t>(part)], {}};
-      };
-      const auto split_label = [](const std::vector<double>&, int part, int, token& out) {
-        out = {token::input, -1, part, 0, {}};
-      };
-      token_loss loss;
-      if (r == 0) {
-        const auto inputs = ex.split_inputs(batch, split);
-        const auto labels = ex.split_labels(batch, split_label);
-        ex.step(inputs, labels, loss, {.return_outputs = true});
-        ex.gather_outputs(gathered, [](std::span<const token> outs, std::vector<double>& whole) {
-          for (const token& t : outs) whole.push_back(t.value);
-        });
-      } else {
-        ex.step({}, {}, loss, {.return_outputs = true});
-      }
-    } catch (...) {
-      errors[static_cast<std::size_t>(r)] = std::current_exception();
+    } else {
+      ex.step({}, {}, loss, {.return_outputs = true});
     }
   };
-  {
-    std::vector<std::jthread> threads;
-    for (int r = 0; r < P; ++r) threads.emplace_back(body, r);
-  }
-  for (const auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  dualpipe::test::rethrow_any(dualpipe::test::on_ranks(P, body));
   REQUIRE(gathered == std::vector<double>{1 + 2 * P, 2 + 2 * P, 3 + 2 * P, 4 + 2 * P});
 }
 
@@ -759,41 +742,31 @@ TEST_CASE("with a deferred-completion transport sent buffers stay untouched unti
   const auto table = dualpipe::schedules::dualpipe(P, N);
   dualpipe::in_process_network<token> net(P);
   std::vector<int> touched(P, -1), completed(P, 0), batches(P, 0);
-  std::vector<std::exception_ptr> errors(P);
   const auto body = [&](int r) {
-    try {
-      ticket_transport tt{&net.endpoint(r)};
-      {
-        std::vector<call> log;
-        std::vector<recording_stage<true>> st(2);
-        int used = 0;
-        dualpipe::executor<recording_stage<true>, ticket_transport, token_loss> ex(
-            table, tt, [&](int s) -> recording_stage<true>& {
-              auto& x = st[static_cast<std::size_t>(used++)];
-              x.stage = s;
-              x.stages = P;
-              x.log = &log;
-              return x;
-            });
-        std::vector<token> inputs, labels;
-        for (const int m : ex.entering_microbatches()) inputs.push_back(input_of(m));
-        for (const int m : ex.leaving_microbatches()) labels.push_back(label_of(m));
-        token_loss loss;
-        for (int step = 0; step < 3; ++step) ex.step(inputs, labels, loss);
-      }  // the destructor waits for the batches still in flight
-      touched[static_cast<std::size_t>(r)] = tt.touched;
-      completed[static_cast<std::size_t>(r)] = tt.completed;
-      batches[static_cast<std::size_t>(r)] = static_cast<int>(tt.batches.size());
-    } catch (...) {
-      errors[static_cast<std::size_t>(r)] = std::current_exception();
-    }
+    ticket_transport tt{&net.endpoint(r)};
+    {
+      std::vector<call> log;
+      std::vector<recording_stage<true>> st(2);
+      int used = 0;
+      dualpipe::executor<recording_stage<true>, ticket_transport, token_loss> ex(
+          table, tt, [&](int s) -> recording_stage<true>& {
+            auto& x = st[static_cast<std::size_t>(used++)];
+            x.stage = s;
+            x.stages = P;
+            x.log = &log;
+            return x;
+          });
+      std::vector<token> inputs, labels;
+      for (const int m : ex.entering_microbatches()) inputs.push_back(input_of(m));
+      for (const int m : ex.leaving_microbatches()) labels.push_back(label_of(m));
+      token_loss loss;
+      for (int step = 0; step < 3; ++step) ex.step(inputs, labels, loss);
+    }  // the destructor waits for the batches still in flight
+    touched[static_cast<std::size_t>(r)] = tt.touched;
+    completed[static_cast<std::size_t>(r)] = tt.completed;
+    batches[static_cast<std::size_t>(r)] = static_cast<int>(tt.batches.size());
   };
-  {
-    std::vector<std::jthread> threads;
-    for (int r = 0; r < P; ++r) threads.emplace_back(body, r);
-  }
-  for (const auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  dualpipe::test::rethrow_any(dualpipe::test::on_ranks(P, body));
   for (int r = 0; r < P; ++r) {
     REQUIRE(batches[static_cast<std::size_t>(r)] > 0);
     REQUIRE(completed[static_cast<std::size_t>(r)] == batches[static_cast<std::size_t>(r)]);

@@ -15,6 +15,7 @@
 
 #include "dualpipe/schedule/instruction.hpp"
 #include "dualpipe/transport/in_process.hpp"
+#include "rank_threads.hpp"
 
 namespace {
 
@@ -23,35 +24,9 @@ using dualpipe::op;
 using buffer = std::vector<int>;
 using network = dualpipe::in_process_network<buffer>;
 
-// Runs body(rank) for every rank on its own thread; returns each rank's error.
-std::vector<std::exception_ptr> on_ranks(int P, const std::function<void(int)>& body) {
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(P));
-  {
-    std::vector<std::jthread> threads;
-    for (int r = 0; r < P; ++r)
-      threads.emplace_back([&, r] {
-        try {
-          body(r);
-        } catch (...) {
-          errors[static_cast<std::size_t>(r)] = std::current_exception();
-        }
-      });
-  }
-  return errors;
-}
-
-void rethrow_any(const std::vector<std::exception_ptr>& errors) {
-  for (const auto& e : errors)
-    if (e) std::rethrow_exception(e);
-}
-
-std::string what_of(const std::exception_ptr& e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& x) {
-    return x.what();
-  }
-}
+using dualpipe::test::on_ranks;
+using dualpipe::test::rethrow_any;
+using dualpipe::test::what_of;
 
 }  // namespace
 
