@@ -1,32 +1,31 @@
 // The train-mlp example's model, in plain C++: every pipeline stage is
 // Linear(h, 4h) -> GELU -> Linear(4h, h) without bias, with hand-written
-// forward and backward, and an MSE loss, as in the DualPipe reference's
-// examples/example_dualpipe.py. Also the un-pipelined reference step (one
-// micro-batch after another through every stage) and a pipelined step on P
-// threads through the executor and the in-process transport, so that the
-// example and the tests check the same things.
+// forward and backward on OpenBLAS GEMMs, and an MSE loss, as in the DualPipe
+// reference's examples/example_dualpipe.py. Also the un-pipelined reference
+// step (one micro-batch after another through every stage), the comparison
+// of a pipelined step with it, and the wire form of the tensor for the MPI
+// transport. The pipelined step itself is in pipeline.hpp.
 #pragma once
+
+#include <cblas.h>
 
 #include <algorithm>
 #include <bit>
-#include <chrono>
 #include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <exception>
-#include <memory>
+#include <limits>
 #include <numbers>
 #include <span>
 #include <stdexcept>
 #include <string>
-#include <thread>
+#include <utility>
 #include <vector>
 
-#include "dualpipe/runtime/executor.hpp"
-#include "dualpipe/runtime/mirrored.hpp"
-#include "dualpipe/schedule/table.hpp"
-#include "dualpipe/transport/in_process.hpp"
+#include "dualpipe/transport/wire.hpp"
+#include "gelu.hpp"
 
 namespace train_mlp {
 
@@ -134,59 +133,51 @@ template <class Real>
 // ---------------------------------------------------------------------------
 // Kernels. x: (B x k) rows; w: (n x k) as nn.Linear stores it.
 
+// The ranks are this example's parallelism, and OpenBLAS's bits depend on its
+// thread count (its GEMMs split the sums by thread): one BLAS thread, set
+// before any kernel runs, keeps every rank's products bit-identical to the
+// reference's. (Elsewhere, OPENBLAS_NUM_THREADS=1 does the same.)
+inline void use_one_blas_thread() {
+  openblas_set_num_threads(1);
+}
+
+// c = op(a) op(b) + beta c, row-major, in the caller's thread.
+template <class Real>
+void gemm(CBLAS_TRANSPOSE op_a, CBLAS_TRANSPOSE op_b, int m, int n, int k, const Real* a, int lda,
+          const Real* b, int ldb, Real beta, Real* c, int ldc) {
+  static_assert(std::same_as<Real, float> || std::same_as<Real, double>,
+                "train_mlp: the kernels take f32 or f64");
+  if constexpr (std::same_as<Real, float>)
+    cblas_sgemm(CblasRowMajor, op_a, op_b, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+  else
+    cblas_dgemm(CblasRowMajor, op_a, op_b, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc);
+}
+
 // y = x w^T: (B x n).
 template <class Real>
 void linear_forward(const tensor<Real>& x, const std::vector<Real>& w, int n, tensor<Real>& y) {
   const int B = x.rows, k = x.cols;
   y.resize(B, n);
-  for (int i = 0; i < B; ++i)
-    for (int j = 0; j < n; ++j) {
-      Real sum = 0;
-      const Real* wj = w.data() + static_cast<std::size_t>(j) * static_cast<std::size_t>(k);
-      for (int c = 0; c < k; ++c) sum += x(i, c) * wj[c];
-      y(i, j) = sum;
-    }
+  gemm<Real>(CblasNoTrans, CblasTrans, B, n, k, x.values.data(), k, w.data(), k, Real(0),
+             y.values.data(), n);
 }
 
 // gx = gy w: (B x k) from gy (B x n).
 template <class Real>
-void linear_input_grad(const tensor<Real>& gy, const std::vector<Real>& w, int k, tensor<Real>& gx) {
+void linear_input_grad(const tensor<Real>& gy, const std::vector<Real>& w, int k,
+                       tensor<Real>& gx) {
   const int B = gy.rows, n = gy.cols;
   gx.resize(B, k);
-  for (int i = 0; i < B; ++i)
-    for (int c = 0; c < k; ++c) {
-      Real sum = 0;
-      for (int j = 0; j < n; ++j)
-        sum += gy(i, j) * w[static_cast<std::size_t>(j) * static_cast<std::size_t>(k) +
-                            static_cast<std::size_t>(c)];
-      gx(i, c) = sum;
-    }
+  gemm<Real>(CblasNoTrans, CblasNoTrans, B, k, n, gy.values.data(), n, w.data(), k, Real(0),
+             gx.values.data(), k);
 }
 
 // dw += gy^T x: (n x k), the reference's grad_weight_fn.
 template <class Real>
 void linear_weight_grad(const tensor<Real>& gy, const tensor<Real>& x, std::vector<Real>& dw) {
   const int B = gy.rows, n = gy.cols, k = x.cols;
-  for (int j = 0; j < n; ++j)
-    for (int c = 0; c < k; ++c) {
-      Real sum = 0;
-      for (int i = 0; i < B; ++i) sum += gy(i, j) * x(i, c);
-      dw[static_cast<std::size_t>(j) * static_cast<std::size_t>(k) + static_cast<std::size_t>(c)] +=
-          sum;
-    }
-}
-
-// The exact GELU (PyTorch's default): x * Phi(x).
-template <class Real>
-[[nodiscard]] Real gelu(Real x) {
-  return Real(0.5) * x * (Real(1) + std::erf(x / std::numbers::sqrt2_v<Real>));
-}
-template <class Real>
-[[nodiscard]] Real gelu_grad(Real x) {
-  const Real cdf = Real(0.5) * (Real(1) + std::erf(x / std::numbers::sqrt2_v<Real>));
-  const Real pdf = std::exp(Real(-0.5) * x * x) * (std::numbers::inv_sqrtpi_v<Real> /
-                                                   std::numbers::sqrt2_v<Real>);
-  return cdf + x * pdf;
+  gemm<Real>(CblasTrans, CblasNoTrans, n, k, B, gy.values.data(), n, x.values.data(), k, Real(1),
+             dw.data(), k);
 }
 
 // ---------------------------------------------------------------------------
@@ -214,7 +205,7 @@ class mlp_stage {
     s.x = x;  // kept for the weight gradient of the first linear layer
     linear_forward(x, w_.w1, 4 * h, s.h1);
     s.a.resize(s.h1.rows, s.h1.cols);
-    for (std::size_t i = 0; i < s.h1.values.size(); ++i) s.a.values[i] = gelu(s.h1.values[i]);
+    gelu_forward(std::span<const Real>(s.h1.values), std::span<Real>(s.a.values));
     linear_forward(s.a, w_.w2, h, y);
   }
 
@@ -235,6 +226,11 @@ class mlp_stage {
     ++overlapped_calls_;
   }
 
+  // The next backward or backward-input throws `why` instead of running, as
+  // a failing kernel would: how the example's --fail-rank exercises the
+  // pipeline's fault path.
+  void fail_next_backward(std::string why) { failure_ = std::move(why); }
+
   [[nodiscard]] std::vector<Real>& grad_w1() noexcept { return grad_w1_; }
   [[nodiscard]] std::vector<Real>& grad_w2() noexcept { return grad_w2_; }
   [[nodiscard]] int overlapped_calls() const noexcept { return overlapped_calls_; }
@@ -246,11 +242,12 @@ class mlp_stage {
   };
 
   void input_grad(int mb, const tensor_type& gy, tensor_type& gx) {
+    if (!failure_.empty()) throw std::runtime_error(std::exchange(failure_, {}));
     saved& s = saved_.at(static_cast<std::size_t>(mb));
     const int h = w_.hidden;
     s.gy = gy;
     linear_input_grad(gy, w_.w2, 4 * h, s.gh);  // gradient of the activation
-    for (std::size_t i = 0; i < s.gh.values.size(); ++i) s.gh.values[i] *= gelu_grad(s.h1.values[i]);
+    gelu_backward(std::span<const Real>(s.h1.values), std::span<Real>(s.gh.values));
     linear_input_grad(s.gh, w_.w1, h, gx);
   }
   void weight_grad(int mb) {
@@ -263,6 +260,7 @@ class mlp_stage {
   std::vector<Real> grad_w1_, grad_w2_;
   std::vector<saved> saved_;
   int overlapped_calls_ = 0;
+  std::string failure_;  // empty: backward runs
 };
 
 // Mean squared error over all elements of a micro-batch, as F.mse_loss.
@@ -308,8 +306,8 @@ template <class Real>
 // Per micro-batch losses and outputs, and per stage weight gradients.
 template <class Real>
 struct step_record {
-  std::vector<Real> train_losses, infer_losses;  // indexed by micro-batch
-  std::vector<tensor<Real>> infer_outputs;       // indexed by micro-batch
+  std::vector<Real> train_losses, infer_losses;     // indexed by micro-batch
+  std::vector<tensor<Real>> infer_outputs;          // indexed by micro-batch
   std::vector<std::vector<Real>> grad_w1, grad_w2;  // indexed by stage
   // Pipelined runs: whether every stage's copies held identical gradients
   // after the mirrored sum, and how many overlapped hooks ran.
@@ -355,109 +353,6 @@ template <class Real>
   return out;
 }
 
-// One training step and one inference step of `table` on P threads, each
-// rank with its own copies of its stages' weights, through the executor and
-// the in-process transport. Afterwards DualPipe's mirrored copies are summed
-// (sum_mirrored_gradients). Rethrows the first rank's error, if any.
-template <class Real>
-[[nodiscard]] step_record<Real> pipeline_step(dualpipe::table_view table,
-                                              const std::vector<layer<Real>>& model,
-                                              const batch<Real>& data,
-                                              std::chrono::nanoseconds timeout =
-                                                  std::chrono::seconds(60)) {
-  using stage_type = mlp_stage<Real>;
-  using transport_type = dualpipe::in_process_transport<tensor<Real>>;
-  using executor_type = dualpipe::executor<stage_type, transport_type, mse_loss<Real>>;
-  const int P = table.ranks();
-  const int S = table.stages();
-  const int N = table.microbatches();
-  if (static_cast<int>(model.size()) != S || static_cast<int>(data.inputs.size()) != N)
-    throw std::invalid_argument("pipeline_step: the table has " + std::to_string(S) +
-                                " stages and " + std::to_string(N) +
-                                " micro-batches; the model and data do not match");
-
-  dualpipe::in_process_network<tensor<Real>> network(P, timeout);
-  // stages[r][s]: rank r's copy of stage s (null where r does not hold s).
-  std::vector<std::vector<std::unique_ptr<stage_type>>> stages(static_cast<std::size_t>(P));
-  for (auto& row : stages) row.resize(static_cast<std::size_t>(S));
-  step_record<Real> out;
-  out.train_losses.resize(static_cast<std::size_t>(N));
-  out.infer_losses.resize(static_cast<std::size_t>(N));
-  out.infer_outputs.resize(static_cast<std::size_t>(N));
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(P));
-
-  const auto run_rank = [&](int r) {
-    try {
-      auto& mine = stages[static_cast<std::size_t>(r)];
-      executor_type ex(table, network.endpoint(r), [&](int s) -> stage_type& {
-        mine[static_cast<std::size_t>(s)] =
-            std::make_unique<stage_type>(model[static_cast<std::size_t>(s)], N);
-        return *mine[static_cast<std::size_t>(s)];
-      });
-      std::vector<tensor<Real>> inputs, labels;
-      for (const int m : ex.entering_microbatches()) inputs.push_back(data.inputs[static_cast<std::size_t>(m)]);
-      for (const int m : ex.leaving_microbatches()) labels.push_back(data.labels[static_cast<std::size_t>(m)]);
-      mse_loss<Real> loss;
-
-      const auto& trained = ex.step(inputs, labels, loss);
-      for (std::size_t i = 0; i < trained.microbatches.size(); ++i)
-        out.train_losses[static_cast<std::size_t>(trained.microbatches[i])] = trained.losses[i];
-
-      const auto& inferred =
-          ex.step(inputs, labels, loss, {.forward_only = true, .return_outputs = true});
-      for (std::size_t i = 0; i < inferred.microbatches.size(); ++i) {
-        const auto m = static_cast<std::size_t>(inferred.microbatches[i]);
-        out.infer_losses[m] = inferred.losses[i];
-        out.infer_outputs[m] = inferred.outputs[i];
-      }
-    } catch (...) {
-      errors[static_cast<std::size_t>(r)] = std::current_exception();
-    }
-  };
-  {
-    std::vector<std::jthread> threads;
-    for (int r = 0; r < P; ++r) threads.emplace_back(run_rank, r);
-  }
-  for (const auto& e : errors)
-    if (e) std::rethrow_exception(e);
-
-  // Every stage's copies: sum DualPipe's mirrored pairs, then take one copy.
-  const dualpipe::schedule_info info = table.info;
-  for (int r = 0; r < P; ++r) {
-    const int mirror = dualpipe::mirror_rank(info, r);
-    if (mirror <= r) continue;
-    for (int s = 0; s < S; ++s) {
-      stage_type* a = stages[static_cast<std::size_t>(r)][static_cast<std::size_t>(s)].get();
-      stage_type* b = stages[static_cast<std::size_t>(mirror)][static_cast<std::size_t>(s)].get();
-      if (a == nullptr || b == nullptr) continue;
-      dualpipe::sum_mirrored_gradients(a->grad_w1(), b->grad_w1());
-      dualpipe::sum_mirrored_gradients(a->grad_w2(), b->grad_w2());
-    }
-  }
-  out.grad_w1.resize(static_cast<std::size_t>(S));
-  out.grad_w2.resize(static_cast<std::size_t>(S));
-  for (int s = 0; s < S; ++s) {
-    bool found = false;
-    for (int r = 0; r < P; ++r) {
-      stage_type* st = stages[static_cast<std::size_t>(r)][static_cast<std::size_t>(s)].get();
-      if (st == nullptr) continue;
-      out.overlapped_calls += st->overlapped_calls();
-      if (!found) {
-        out.grad_w1[static_cast<std::size_t>(s)] = st->grad_w1();
-        out.grad_w2[static_cast<std::size_t>(s)] = st->grad_w2();
-        found = true;
-      } else {
-        out.copies_identical = out.copies_identical &&
-                               st->grad_w1() == out.grad_w1[static_cast<std::size_t>(s)] &&
-                               st->grad_w2() == out.grad_w2[static_cast<std::size_t>(s)];
-      }
-    }
-    if (!found)
-      throw std::logic_error("pipeline_step: no rank held stage " + std::to_string(s));
-  }
-  return out;
-}
-
 // What the example prints and exits on.
 struct comparison {
   bool train_losses_equal = true;
@@ -490,7 +385,8 @@ template <class Real>
     const bool train = bitwise_equal(reference.train_losses[m], pipelined.train_losses[m]);
     const bool infer = bitwise_equal(reference.infer_losses[m], pipelined.infer_losses[m]);
     const bool output = bitwise_equal(reference.infer_outputs[m], pipelined.infer_outputs[m]);
-    if ((!train || !infer) && c.first_loss_mismatch < 0) c.first_loss_mismatch = static_cast<int>(m);
+    if ((!train || !infer) && c.first_loss_mismatch < 0)
+      c.first_loss_mismatch = static_cast<int>(m);
     if (!output && c.first_output_mismatch < 0) c.first_output_mismatch = static_cast<int>(m);
     c.train_losses_equal = c.train_losses_equal && train;
     c.infer_losses_equal = c.infer_losses_equal && infer;
@@ -500,9 +396,34 @@ template <class Real>
     const double d1 = cosine_difference<Real>(reference.grad_w1[s], pipelined.grad_w1[s]);
     const double d2 = cosine_difference<Real>(reference.grad_w2[s], pipelined.grad_w2[s]);
     for (const double d : {d1, d2})  // NaN never passes
-      c.worst_gradient_difference = std::isnan(d) ? HUGE_VAL : std::max(c.worst_gradient_difference, d);
+      c.worst_gradient_difference =
+          std::isnan(d) ? HUGE_VAL : std::max(c.worst_gradient_difference, d);
   }
   return c;
 }
 
 }  // namespace train_mlp
+
+// The wire form of a tensor for transports between processes: f32 or f64
+// elements in a (rows x cols) shape, row-major, so a receiver shapes its
+// buffer from the message.
+template <class Real>
+struct dualpipe::wire_traits<train_mlp::tensor<Real>> {
+  static wire_shape shape(const train_mlp::tensor<Real>& t) {
+    const std::int64_t dims[] = {t.rows, t.cols};
+    return make_wire_shape<Real>(dims);
+  }
+  static std::span<const std::byte> bytes(const train_mlp::tensor<Real>& t) {
+    return std::as_bytes(std::span<const Real>(t.values));
+  }
+  static std::span<std::byte> prepare(train_mlp::tensor<Real>& t, const wire_shape& s) {
+    check_wire_element<Real>(s, "train_mlp::tensor");
+    constexpr std::int64_t most = std::numeric_limits<int>::max();
+    if (s.dims_used != 2 || s.dims[0] > most || s.dims[1] > most)
+      throw std::invalid_argument("train_mlp::tensor: received " + describe(s) +
+                                  ", a tensor holds (rows x cols) of at most " +
+                                  std::to_string(most) + " each");
+    t.resize(static_cast<int>(s.dims[0]), static_cast<int>(s.dims[1]));
+    return std::as_writable_bytes(std::span<Real>(t.values));
+  }
+};

@@ -1,20 +1,36 @@
 // The train-mlp example's checks, on every schedule of the registry over a
 // grid of sizes (the smallest legal ones included): pipelined losses and
 // inference outputs bitwise equal to the un-pipelined model, weight gradients
-// equal up to summation order, DualPipe's mirrored copies identical.
+// equal up to summation order, DualPipe's mirrored copies identical; and a
+// failing rank stops every rank.
+#define CATCH_CONFIG_EXTERNAL_INTERFACES  // for the listener below
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <map>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "dualpipe/runtime/errors.hpp"
 #include "dualpipe/schedule/dualpipe.hpp"
 #include "dualpipe/schedule/registry.hpp"
 #include "mlp.hpp"
+#include "pipeline.hpp"
 
 namespace {
+
+// Bitwise checks need the reference and the ranks on one BLAS thread count,
+// set before any test runs.
+struct one_blas_thread : Catch::TestEventListenerBase {
+  using TestEventListenerBase::TestEventListenerBase;
+  void testRunStarting(const Catch::TestRunInfo& info) override {
+    train_mlp::use_one_blas_thread();
+    TestEventListenerBase::testRunStarting(info);
+  }
+};
+CATCH_REGISTER_LISTENER(one_blas_thread)
 
 int overlapped_pairs(const dualpipe::schedule_table& t) {
   int n = 0;
@@ -46,7 +62,7 @@ void check(const std::string& name, const dualpipe::schedule_table& table, int h
 
 TEST_CASE("every registered schedule trains the MLP like the un-pipelined model", "[train-mlp]") {
   std::map<std::string, int> ran;
-  const std::vector<std::pair<int, int>> sizes{{1, 1}, {1, 3}, {2, 2}, {2, 4}, {2, 6},
+  const std::vector<std::pair<int, int>> sizes{{1, 1}, {1, 3}, {2, 2},  {2, 4},  {2, 6},
                                                {3, 6}, {4, 8}, {4, 12}, {6, 12}, {8, 16}};
   for (const dualpipe::schedule_entry& e : dualpipe::schedule_registry())
     for (const auto& [P, N] : sizes) {
@@ -79,7 +95,8 @@ TEST_CASE("the smallest legal DualPipe and DualPipeV, and f32", "[train-mlp]") {
 }
 
 TEST_CASE("compute-only tables are lowered and train the same", "[train-mlp]") {
-  check<double>("dualpipe", dualpipe::schedules::dualpipe(4, 8, {.with_communication = false}), 8, 2);
+  check<double>("dualpipe", dualpipe::schedules::dualpipe(4, 8, {.with_communication = false}), 8,
+                2);
   check<double>("dualpipev", dualpipe::schedules::dualpipev(4, 8, {.with_communication = false}), 8,
                 2);
 }
@@ -109,4 +126,39 @@ TEST_CASE("sum_mirrored_gradients leaves both copies equal to the sum", "[train-
   REQUIRE(dualpipe::mirror_rank(info, 0) == 3);
   REQUIRE(dualpipe::mirror_rank(info, 2) == 1);
   REQUIRE(dualpipe::mirror_rank(dualpipe::schedules::dualpipev(4, 8).info(), 0) == -1);
+}
+
+TEST_CASE("a rank whose stage throws stops every rank, and they name it", "[train-mlp]") {
+  const auto table = dualpipe::schedules::dualpipe(4, 8);
+  const auto model = train_mlp::make_model<double>(4, 8, 7);
+  const auto data = train_mlp::make_batch<double>(8, 2, 8, 7);
+  try {
+    (void)train_mlp::pipeline_step(table.view(), model, data, {.failing_rank = 2});
+    FAIL("the step did not throw");
+  } catch (const dualpipe::pipeline_aborted& e) {
+    // Rank 0's error (the lowest rank's is the one rethrown) names rank 2 and its error.
+    REQUIRE(e.origin_rank() == 2);
+    REQUIRE_THAT(e.what(),
+                 Catch::Contains("aborted by rank 2 (dualpipe: rank 2 failed in backward") &&
+                     Catch::Contains("rank 2 fails at its first backward"));
+  }
+}
+
+TEST_CASE("a tensor's wire form is its (rows x cols) of f32 or f64", "[train-mlp]") {
+  using traits = dualpipe::wire_traits<train_mlp::tensor<float>>;
+  STATIC_REQUIRE(dualpipe::check_wire_tensor<train_mlp::tensor<float>>());
+  train_mlp::tensor<float> x;
+  x.resize(3, 5);
+  x(2, 4) = 1.5f;
+  const dualpipe::wire_shape s = traits::shape(x);
+  REQUIRE(dualpipe::describe(s) == "f32[3, 5]");
+  REQUIRE(traits::bytes(x).size() == s.bytes);
+  train_mlp::tensor<float> y;
+  const auto target = traits::prepare(y, s);
+  REQUIRE(target.size() == s.bytes);
+  std::copy(traits::bytes(x).begin(), traits::bytes(x).end(), target.begin());
+  REQUIRE(train_mlp::bitwise_equal(x, y));
+  train_mlp::tensor<double> z;
+  REQUIRE_THROWS_WITH(dualpipe::wire_traits<train_mlp::tensor<double>>::prepare(z, s),
+                      Catch::Contains("f64 elements cannot hold"));
 }
