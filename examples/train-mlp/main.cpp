@@ -8,7 +8,7 @@
 //   train-mlp [--schedule dualpipe] [--ranks 4] [--microbatches 20]
 //             [--hidden 64] [--microbatch-size 8] [--seed 233] [--dtype f64]
 //             [--transport threads|mpi] [--steps 0] [--fail-rank -1]
-//             [--timeout-ms 60000]
+//             [--timeout-ms 60000] [--spin-us 0]
 //
 // Exits 0 only if every per-micro-batch loss (training and inference) and
 // every inference output is bitwise equal to the reference, and every weight
@@ -61,6 +61,7 @@ struct settings {
   int steps = 0;
   int fail_rank = -1;
   int timeout_ms = 60000;
+  int spin_us = 0;
   dualpipe::schedule_request request;  // ranks, micro-batches and schedule parameters
 };
 
@@ -188,7 +189,7 @@ int run_on_threads(const settings& cfg, const dualpipe::schedule_table& table) {
   const auto data =
       train_mlp::make_batch<Real>(cfg.microbatches, cfg.microbatch_size, cfg.hidden, cfg.seed);
   dualpipe::in_process_network<train_mlp::tensor<Real>> network(
-      P, std::chrono::milliseconds(cfg.timeout_ms));
+      P, std::chrono::milliseconds(cfg.timeout_ms), std::chrono::microseconds(cfg.spin_us));
   train_mlp::thread_group group(P);
   std::vector<int> exit_codes(static_cast<std::size_t>(P));
   {
@@ -307,6 +308,11 @@ int main(int argc, char** argv) {
                  "how long a rank waits on another before it gives up")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--spin-us", cfg.spin_us,
+                 "threads: how long a waiting rank polls before it sleeps (pays where the ranks "
+                 "have the cores to themselves; see in_process_network::set_spin)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   // Parameters some schedules take beyond P and N (e.g. --virtual-stages).
   std::map<std::string, int> given;
   for (const dualpipe::schedule_entry& e : dualpipe::schedule_registry())

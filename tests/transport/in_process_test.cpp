@@ -134,7 +134,7 @@ TEST_CASE("a rendezvous in both directions completes", "[transport]") {
     auto& t = net.endpoint(r);
     if (r == 0) {
       const buffer act{7};
-      t.post_send(make_communication(op::send_forward, 0, 4, 1), act);   // stage 0 -> 1
+      t.post_send(make_communication(op::send_forward, 0, 4, 1), act);    // stage 0 -> 1
       t.post_recv(make_communication(op::recv_backward, 0, 2, 1), got0);  // grad from stage 1
       t.commit();
     } else {
@@ -150,7 +150,11 @@ TEST_CASE("a rendezvous in both directions completes", "[transport]") {
 }
 
 TEST_CASE("waits time out naming the instruction", "[transport][errors]") {
-  network net(2, std::chrono::milliseconds(50));
+  // Sleeping at once and polling first (set_spin) keep the same deadline,
+  // even with a spin longer than the timeout.
+  const auto spin = std::chrono::microseconds(GENERATE(0, 50, 200000));
+  CAPTURE(spin.count());
+  network net(2, std::chrono::milliseconds(50), spin);
   SECTION("a receive nobody sends") {
     buffer b;
     auto& t = net.endpoint(1);
@@ -176,7 +180,9 @@ TEST_CASE("waits time out naming the instruction", "[transport][errors]") {
 }
 
 TEST_CASE("an abort wakes every waiting rank, naming the origin", "[transport][errors]") {
-  network net(4, std::chrono::seconds(20));
+  const auto spin = std::chrono::microseconds(GENERATE(0, 50));
+  CAPTURE(spin.count());
+  network net(4, std::chrono::seconds(20), spin);
   std::atomic<int> waiting{0};
   const auto errors = on_ranks(4, [&](int r) {
     auto& t = net.endpoint(r);
@@ -201,8 +207,9 @@ TEST_CASE("an abort wakes every waiting rank, naming the origin", "[transport][e
       REQUIRE(e.rank() == r);
       REQUIRE(e.origin_rank() == 2);
       REQUIRE(e.origin_what() == "rank 2 failed: boom");
-      REQUIRE_THAT(e.what(), Catch::Contains("rank " + std::to_string(r) + " stopped while waiting on") &&
-                                 Catch::Contains("aborted by rank 2") && Catch::Contains("boom"));
+      REQUIRE_THAT(e.what(),
+                   Catch::Contains("rank " + std::to_string(r) + " stopped while waiting on") &&
+                       Catch::Contains("aborted by rank 2") && Catch::Contains("boom"));
     }
   }
   REQUIRE(net.aborted());
@@ -253,7 +260,10 @@ TEST_CASE("instructions of the wrong kind or peer are refused", "[transport][err
 TEST_CASE("the end-of-step barrier holds every rank until all arrive, step after step",
           "[transport]") {
   const int P = 4;
-  network net(P);
+  const auto spin = std::chrono::microseconds(GENERATE(0, 50));
+  CAPTURE(spin.count());
+  network net(P, std::chrono::seconds(60), spin);
+  REQUIRE(net.spin() == spin);
   std::atomic<int> arrived{0};
   std::vector<int> seen(P * 50, -1);
   rethrow_any(on_ranks(P, [&](int r) {
@@ -265,14 +275,18 @@ TEST_CASE("the end-of-step barrier holds every rank until all arrive, step after
     }
   }));
   for (int step = 0; step < 50; ++step)
-    for (int r = 0; r < P; ++r) REQUIRE(seen[static_cast<std::size_t>(step * P + r)] >= (step + 1) * P);
+    for (int r = 0; r < P; ++r)
+      REQUIRE(seen[static_cast<std::size_t>(step * P + r)] >= (step + 1) * P);
 }
 
 TEST_CASE("a ring of ranks exchanges many batches", "[transport]") {
   // Each rank sends to the next and receives from the previous, 200 times;
   // the values prove every receive got its own send.
   const int P = 5, rounds = 200;
+  const auto spin = std::chrono::microseconds(GENERATE(0, 50));
+  CAPTURE(spin.count());
   network net(P);
+  net.set_spin(spin);
   std::vector<long> sums(P, 0);
   rethrow_any(on_ranks(P, [&](int r) {
     auto& t = net.endpoint(r);

@@ -5,6 +5,8 @@
 // sends were read and all of its receives filled).
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -13,6 +15,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -101,9 +104,12 @@ class in_process_network {
 
   // `timeout`: how long a rank waits for one receive, for its sends to be
   // read, or at the end-of-step barrier, before it throws transport_timeout.
+  // `spin`: how long a waiting rank first polls, yielding its core, before it
+  // sleeps (see set_spin).
   explicit in_process_network(int ranks,
-                              std::chrono::nanoseconds timeout = std::chrono::seconds(60))
-      : ranks_(ranks), timeout_(timeout) {
+                              std::chrono::nanoseconds timeout = std::chrono::seconds(60),
+                              std::chrono::nanoseconds spin = std::chrono::nanoseconds(0))
+      : ranks_(ranks), timeout_(timeout), spin_(spin) {
     if (ranks < 1)
       throw std::invalid_argument("dualpipe::in_process_network: needs at least one rank (got " +
                                   std::to_string(ranks) + ")");
@@ -136,6 +142,22 @@ class in_process_network {
   [[nodiscard]] std::chrono::nanoseconds timeout() const {
     const std::lock_guard lock(mutex_);
     return timeout_;
+  }
+  // A waiting rank polls for up to `spin` (yielding its core between polls)
+  // before it sleeps until woken. Where the ranks have the cores to
+  // themselves, even more ranks than cores, a partner usually answers within
+  // microseconds and a sleeping thread takes far longer to be woken: with
+  // tiny stages, 4 ranks on 2 idle cores, spin = 50 us makes a DualPipe step
+  // 9x faster. Where other programs compete for the cores, every yield may
+  // hand a whole time slice to them and the same step gets 10x slower: so
+  // the default is 0, sleep at once. See docs/executor.md.
+  void set_spin(std::chrono::nanoseconds spin) {
+    const std::lock_guard lock(mutex_);
+    spin_ = spin;
+  }
+  [[nodiscard]] std::chrono::nanoseconds spin() const {
+    const std::lock_guard lock(mutex_);
+    return spin_;
   }
   [[nodiscard]] bool aborted() const {
     const std::lock_guard lock(mutex_);
@@ -207,10 +229,40 @@ class in_process_network {
     changed_.wait(lock, [&] { return reading_from_[static_cast<std::size_t>(rank)] == 0; });
   }
 
+  // Every change of the shared state is announced here, under mutex_.
+  void notify_changed() {
+    version_.store(version_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    changed_.notify_all();
+  }
+
+  // Waits, holding `lock` again on return, until the shared state may have
+  // changed or `deadline` passed: first by watching the version with the
+  // lock released, for at most spin_ of wall-clock time, then by sleeping
+  // on the condition.
+  std::cv_status wait_for_change(std::unique_lock<std::mutex>& lock, clock::time_point deadline) {
+    if (spin_ > std::chrono::nanoseconds(0)) {
+      const std::uint64_t seen = version_.load(std::memory_order_relaxed);
+      const clock::time_point spin_until = std::min(deadline, clock::now() + spin_);
+      lock.unlock();
+      for (int round = 0; version_.load(std::memory_order_acquire) == seen; ++round) {
+        if (round < 64) continue;  // a few polls at full speed first
+        if (clock::now() >= spin_until) break;
+        std::this_thread::yield();
+      }
+      lock.lock();
+      // Checked under the lock: any later change notifies a thread that is
+      // already waiting, so no wake-up is lost.
+      if (version_.load(std::memory_order_relaxed) != seen) return std::cv_status::no_timeout;
+    }
+    return changed_.wait_until(lock, deadline);
+  }
+
   int ranks_;
   mutable std::mutex mutex_;
   std::condition_variable changed_;
+  std::atomic<std::uint64_t> version_{0};  // bumped by every notify_changed
   std::chrono::nanoseconds timeout_;
+  std::chrono::nanoseconds spin_;
   std::vector<std::vector<published_send>> mailboxes_;
   std::vector<int> unread_sends_;  // per sender: published, not yet fully read
   std::vector<int> reading_from_;  // per sender: receivers copying its buffers now
@@ -247,14 +299,14 @@ void in_process_transport<Tensor>::commit() {
     return format_action(i) + (is_send(i.kind) ? " to rank " : " from rank ") +
            std::to_string(i.peer);
   };
-  if (net.aborted_) net.throw_aborted(rank_, waiting_on(recvs_.empty() ? sends_.front().at
-                                                                       : recvs_.front().at));
+  if (net.aborted_)
+    net.throw_aborted(rank_, waiting_on(recvs_.empty() ? sends_.front().at : recvs_.front().at));
 
   for (const posted_send& s : sends_) {
     net.mailbox(rank_, s.at.peer).push_back({s.at, s.buffer, net.next_id_++, false});
     ++net.unread_sends_[me];
   }
-  if (!sends_.empty()) net.changed_.notify_all();
+  if (!sends_.empty()) net.notify_changed();
 
   const auto fail = [&](auto&& error) {
     net.withdraw(lock, rank_);
@@ -270,7 +322,8 @@ void in_process_transport<Tensor>::commit() {
         net.throw_aborted(rank_, waiting_on(r.at));
       }
       std::size_t k = 0;
-      while (k < box.size() && (box[k].taken || !in_process_network<Tensor>::pairs_with(box[k].at, r.at)))
+      while (k < box.size() &&
+             (box[k].taken || !in_process_network<Tensor>::pairs_with(box[k].at, r.at)))
         ++k;
       if (k < box.size()) {
         if (box[k].at.stage != in_process_network<Tensor>::expected_sender_stage(r.at))
@@ -293,7 +346,7 @@ void in_process_transport<Tensor>::commit() {
           --net.reading_from_[from];
           for (auto& p : box)
             if (p.id == id) p.taken = false;
-          net.changed_.notify_all();
+          net.notify_changed();
           net.withdraw(lock, rank_);
           throw;
         }
@@ -305,22 +358,22 @@ void in_process_transport<Tensor>::commit() {
           }
         --net.reading_from_[from];
         --net.unread_sends_[from];
-        net.changed_.notify_all();
+        net.notify_changed();
         break;
       }
-      if (net.changed_.wait_until(lock, deadline) == std::cv_status::timeout) {
+      if (net.wait_for_change(lock, deadline) == std::cv_status::timeout) {
         // One last look before giving up: the wake-up may have raced the deadline.
         std::size_t j = 0;
-        while (j < box.size() && (box[j].taken || !in_process_network<Tensor>::pairs_with(box[j].at, r.at)))
+        while (j < box.size() &&
+               (box[j].taken || !in_process_network<Tensor>::pairs_with(box[j].at, r.at)))
           ++j;
         if (j == box.size() && !net.aborted_)
           fail(transport_timeout(
-              rank_, "dualpipe: rank " + std::to_string(rank_) + " timed out after " +
-                         std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                            net.timeout_)
-                                            .count()) +
-                         " ms waiting on " + waiting_on(r.at) +
-                         ": no matching send was posted there"));
+              rank_,
+              "dualpipe: rank " + std::to_string(rank_) + " timed out after " +
+                  std::to_string(
+                      std::chrono::duration_cast<std::chrono::milliseconds>(net.timeout_).count()) +
+                  " ms waiting on " + waiting_on(r.at) + ": no matching send was posted there"));
       }
     }
   }
@@ -334,16 +387,16 @@ void in_process_transport<Tensor>::commit() {
         net.withdraw(lock, rank_);
         net.throw_aborted(rank_, waiting_on(first));
       }
-      if (net.changed_.wait_until(lock, deadline) == std::cv_status::timeout &&
+      if (net.wait_for_change(lock, deadline) == std::cv_status::timeout &&
           net.unread_sends_[me] > 0 && !net.aborted_) {
         const instruction first = first_unread_send();
         fail(transport_timeout(
-            rank_, "dualpipe: rank " + std::to_string(rank_) + " timed out after " +
-                       std::to_string(
-                           std::chrono::duration_cast<std::chrono::milliseconds>(net.timeout_)
-                               .count()) +
-                       " ms waiting on " + waiting_on(first) +
-                       ": the peer never posted the matching receive"));
+            rank_,
+            "dualpipe: rank " + std::to_string(rank_) + " timed out after " +
+                std::to_string(
+                    std::chrono::duration_cast<std::chrono::milliseconds>(net.timeout_).count()) +
+                " ms waiting on " + waiting_on(first) +
+                ": the peer never posted the matching receive"));
       }
     }
   }
@@ -378,7 +431,7 @@ void in_process_transport<Tensor>::abort(std::string_view why) noexcept {
       net.abort_why_.clear();
     }
   }
-  net.changed_.notify_all();
+  net.notify_changed();
 }
 
 template <class Tensor>
@@ -390,7 +443,7 @@ void in_process_transport<Tensor>::finish_step() {
   if (++net.arrived_ == net.ranks_) {
     net.arrived_ = 0;
     ++net.generation_;
-    net.changed_.notify_all();
+    net.notify_changed();
     return;
   }
   const auto deadline = std::chrono::steady_clock::now() + net.timeout_;
@@ -399,15 +452,15 @@ void in_process_transport<Tensor>::finish_step() {
       --net.arrived_;
       net.throw_aborted(rank_, "the end of the step");
     }
-    if (net.changed_.wait_until(lock, deadline) == std::cv_status::timeout &&
+    if (net.wait_for_change(lock, deadline) == std::cv_status::timeout &&
         net.generation_ == generation && !net.aborted_) {
       --net.arrived_;
       throw transport_timeout(
-          rank_, "dualpipe: rank " + std::to_string(rank_) + " timed out after " +
-                     std::to_string(
-                         std::chrono::duration_cast<std::chrono::milliseconds>(net.timeout_)
-                             .count()) +
-                     " ms waiting at the end of the step for the other ranks");
+          rank_,
+          "dualpipe: rank " + std::to_string(rank_) + " timed out after " +
+              std::to_string(
+                  std::chrono::duration_cast<std::chrono::milliseconds>(net.timeout_).count()) +
+              " ms waiting at the end of the step for the other ranks");
     }
   }
 }
