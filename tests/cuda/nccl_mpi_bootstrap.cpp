@@ -4,7 +4,6 @@
 #include <mpi.h>
 #include <nccl.h>
 
-#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
 #include <string>
@@ -55,13 +54,4 @@ TEST_CASE("a root outside the communicator is refused on every rank") {
                         " is outside the communicator's 0.." + std::to_string(size - 1));
   CHECK_THROWS_WITH(nccl::unique_id_through_mpi(MPI_COMM_NULL),
                     "dualpipe::nccl::unique_id_through_mpi: the communicator is MPI_COMM_NULL");
-}
-
-int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  const int result = Catch::Session().run(argc, argv);
-  int worst = 0;
-  MPI_Allreduce(&result, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Finalize();
-  return worst;
 }

@@ -5,7 +5,6 @@
 // schedules over it with results equal to the in-process transport's.
 #include <mpi.h>
 
-#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
 #include <chrono>
@@ -495,14 +494,4 @@ TEST_CASE("a stage that throws ends the step on every rank, naming the failed ra
     CHECK_THAT(e.origin_what(), Catch::Contains("broke"));
   }
   CHECK(std::chrono::steady_clock::now() - started < 20s);
-}
-
-int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  // Only rank 0 reports successes; every rank reports its failures.
-  const int result = Catch::Session().run(argc, argv);
-  int worst = 0;
-  MPI_Allreduce(&result, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Finalize();
-  return worst;
 }

@@ -79,14 +79,8 @@ class in_process_transport {
  private:
   friend class in_process_network<Tensor>;
 
-  struct posted_send {
-    instruction at;
-    const Tensor* buffer;
-  };
-  struct posted_recv {
-    instruction at;
-    Tensor* buffer;
-  };
+  using posted_send = detail::posted_operation<const Tensor>;
+  using posted_recv = detail::posted_operation<Tensor>;
 
   // The oldest of this rank's published sends nobody has finished reading.
   [[nodiscard]] instruction first_unread_send() const;
@@ -205,11 +199,8 @@ class in_process_network {
     return recv.kind == op::recv_forward ? recv.stage - 1 : recv.stage + 1;
   }
 
-  [[noreturn]] void throw_aborted(int rank, const std::string& waiting_on) const {
-    throw pipeline_aborted(rank, abort_rank_, abort_why_,
-                           "dualpipe: rank " + std::to_string(rank) + " stopped while waiting on " +
-                               waiting_on + ": the pipeline was aborted by rank " +
-                               std::to_string(abort_rank_) + " (" + abort_why_ + ")");
+  [[noreturn]] void throw_aborted(int rank, const std::string& where) const {
+    throw detail::aborted_by(rank, abort_rank_, abort_why_, where);
   }
 
   // After a failed commit: withdraw this rank's unread sends and wait until no
@@ -295,10 +286,7 @@ void in_process_transport<Tensor>::commit() {
       self->recvs_.clear();
     }
   } drop{this};
-  const auto waiting_on = [&](const instruction& i) {
-    return format_action(i) + (is_send(i.kind) ? " to rank " : " from rank ") +
-           std::to_string(i.peer);
-  };
+  using detail::waiting_on;
   if (net.aborted_)
     net.throw_aborted(rank_, waiting_on(recvs_.empty() ? sends_.front().at : recvs_.front().at));
 

@@ -347,14 +347,8 @@ class transport {
  private:
   using clock = std::chrono::steady_clock;
 
-  struct posted_send {
-    instruction at;
-    const Tensor* buffer;
-  };
-  struct posted_recv {
-    instruction at;
-    Tensor* buffer;
-  };
+  using posted_send = dualpipe::detail::posted_operation<const Tensor>;
+  using posted_recv = dualpipe::detail::posted_operation<Tensor>;
   // What request k of the batch is: a send's header or bytes, a receive's
   // header or bytes, and the index of its send or receive.
   enum class part : std::uint8_t { send_header, send_bytes, recv_header, recv_bytes };
@@ -368,17 +362,12 @@ class transport {
     dualpipe::detail::check_posted(i, kind_ok, what, rank_, ranks());
   }
 
-  [[nodiscard]] std::string waiting_on(const instruction& i) const {
-    return format_action(i) + (is_send(i.kind) ? " to rank " : " from rank ") +
-           std::to_string(i.peer);
+  [[nodiscard]] static std::string waiting_on(const instruction& i) {
+    return dualpipe::detail::waiting_on(i);
   }
 
   [[noreturn]] void throw_aborted(const std::string& where) const {
-    throw pipeline_aborted(rank_, abort_rank_, abort_why_,
-                           "dualpipe: rank " + std::to_string(rank_) +
-                               " stopped while waiting on " + where +
-                               ": the pipeline was aborted by rank " + std::to_string(abort_rank_) +
-                               " (" + abort_why_ + ")");
+    throw dualpipe::detail::aborted_by(rank_, abort_rank_, abort_why_, where);
   }
 
   // One tag per (receiving stage, payload, micro-batch, header or bytes):
