@@ -17,7 +17,7 @@ namespace train_mlp {
 
 class mpi_group {
  public:
-  // `comm` must outlive the group. The pipeline's transport duplicates its
+  // `comm` must outlive the group. The pipeline's transport makes its
   // own communicators, so this traffic never meets the pipeline's.
   explicit mpi_group(MPI_Comm comm) : comm_(comm) {
     DUALPIPE_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
@@ -67,7 +67,8 @@ class mpi_group {
   }
 
   template <class T>
-  requires std::is_trivially_copyable_v<T> T broadcast(T value) {
+    requires std::is_trivially_copyable_v<T>
+  T broadcast(T value) {
     DUALPIPE_MPI_CHECK(MPI_Bcast(&value, static_cast<int>(sizeof(T)), MPI_BYTE, 0, comm_));
     return value;
   }

@@ -92,7 +92,8 @@ class thread_group {
     }
 
     template <class T>
-    requires std::is_trivially_copyable_v<T> T broadcast(T value) {
+      requires std::is_trivially_copyable_v<T>
+    T broadcast(T value) {
       if (rank_ == 0) post(std::span<const T>(&value, 1));
       barrier();
       std::memcpy(&value, group_->board_[0].data(), sizeof(T));

@@ -211,20 +211,14 @@ struct validator {
       if (take_send_only) {
         const auto& s = sends[a];
         const instruction x = t.rank(s.rank)[static_cast<std::size_t>(s.index)];
-        instruction e = x;
-        e.kind = x.kind == op::send_forward ? op::recv_forward : op::recv_backward;
-        e.stage = x.kind == op::send_forward ? x.stage + 1 : x.stage - 1;
-        e.peer = s.rank;
+        const instruction e = counterpart(x, s.rank);
         return fail(rule::unmatched, s.rank, s.index, x, "a send has no matching receive", e,
                     s.dst);
       }
       if (take_recv_only) {
         const auto& v = recvs[b];
         const instruction x = t.rank(v.rank)[static_cast<std::size_t>(v.index)];
-        instruction e = x;
-        e.kind = x.kind == op::recv_forward ? op::send_forward : op::send_backward;
-        e.stage = x.kind == op::recv_forward ? x.stage - 1 : x.stage + 1;
-        e.peer = v.rank;
+        const instruction e = counterpart(x, v.rank);
         return fail(rule::unmatched, v.rank, v.index, x, "a receive has no matching send", e,
                     v.src);
       }
@@ -232,10 +226,7 @@ struct validator {
       const auto& v = recvs[b];
       const instruction xs = t.rank(s.rank)[static_cast<std::size_t>(s.index)];
       const instruction xr = t.rank(v.rank)[static_cast<std::size_t>(v.index)];
-      instruction e = xs;
-      e.kind = xs.kind == op::send_forward ? op::recv_forward : op::recv_backward;
-      e.stage = xs.kind == op::send_forward ? xs.stage + 1 : xs.stage - 1;
-      e.peer = s.rank;
+      const instruction e = counterpart(xs, s.rank);
       if (xr.kind != e.kind || xr.stage != e.stage || xr.microbatch != e.microbatch)
         return fail(rule::mismatched, v.rank, v.index, xr,
                     "the receive posted in this place does not match the send posted in the "

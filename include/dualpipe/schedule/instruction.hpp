@@ -101,4 +101,23 @@ static_assert(sizeof(instruction) <= 24);
   return {op::commit, -1, -1, -1, -1, -1};
 }
 
+// The instruction at the other end of a communication instruction `x` that
+// rank `rank` posts: activations go forward (SEND_F of stage s meets RECV_F
+// of stage s + 1), gradients backward (SEND_B of stage s meets RECV_B of
+// stage s - 1), and the reverse for a receive; same micro-batch, and its peer
+// is `rank`. x must be a SEND_* or RECV_*.
+[[nodiscard]] constexpr instruction counterpart(const instruction& x, int rank) noexcept {
+  switch (x.kind) {
+    case op::send_forward:
+      return make_communication(op::recv_forward, x.stage + 1, x.microbatch, rank);
+    case op::recv_forward:
+      return make_communication(op::send_forward, x.stage - 1, x.microbatch, rank);
+    case op::send_backward:
+      return make_communication(op::recv_backward, x.stage - 1, x.microbatch, rank);
+    case op::recv_backward:
+      return make_communication(op::send_backward, x.stage + 1, x.microbatch, rank);
+    default: return x;
+  }
+}
+
 }  // namespace dualpipe

@@ -314,10 +314,9 @@ typename device_local_transport<Tensor>::ticket device_local_transport<Tensor>::
     compute_reached_.record(compute_);
     comm_.wait(compute_reached_);
     for (const posted& r : recvs_) {
-      const op sent_kind = r.at.kind == op::recv_forward ? op::send_forward : op::send_backward;
-      // The sending stage: forward activations come from the stage before,
-      // gradients from the stage after.
-      const int sent_stage = r.at.kind == op::recv_forward ? r.at.stage - 1 : r.at.stage + 1;
+      const instruction sent = counterpart(r.at, rank_);
+      const op sent_kind = sent.kind;
+      const int sent_stage = sent.stage;
       std::unique_lock lock(net.mutex_);
       auto& box = net.box(r.at.peer, rank_);
       const auto deadline = device_local_network<Tensor>::clock::now() + net.timeout_;

@@ -190,13 +190,9 @@ class in_process_network {
                       static_cast<std::size_t>(to)];
   }
 
+  // Matching is by payload and micro-batch; the stage is checked after.
   [[nodiscard]] static bool pairs_with(const instruction& send, const instruction& recv) noexcept {
-    return ((send.kind == op::send_forward && recv.kind == op::recv_forward) ||
-            (send.kind == op::send_backward && recv.kind == op::recv_backward)) &&
-           send.microbatch == recv.microbatch;
-  }
-  [[nodiscard]] static int expected_sender_stage(const instruction& recv) noexcept {
-    return recv.kind == op::recv_forward ? recv.stage - 1 : recv.stage + 1;
+    return send.kind == counterpart(recv, -1).kind && send.microbatch == recv.microbatch;
   }
 
   [[noreturn]] void throw_aborted(int rank, const std::string& where) const {
@@ -314,13 +310,13 @@ void in_process_transport<Tensor>::commit() {
              (box[k].taken || !in_process_network<Tensor>::pairs_with(box[k].at, r.at)))
         ++k;
       if (k < box.size()) {
-        if (box[k].at.stage != in_process_network<Tensor>::expected_sender_stage(r.at))
+        if (const int sending_stage = counterpart(r.at, rank_).stage;
+            box[k].at.stage != sending_stage)
           fail(transport_error(
               rank_, "dualpipe: rank " + std::to_string(rank_) + " posted " + format_action(r.at) +
                          " from rank " + std::to_string(r.at.peer) + ", but the matching send " +
                          "there is " + format_action(box[k].at) + " (expected the sending stage " +
-                         std::to_string(in_process_network<Tensor>::expected_sender_stage(r.at)) +
-                         ")"));
+                         std::to_string(sending_stage) + ")"));
         box[k].taken = true;
         const std::uint64_t id = box[k].id;
         const Tensor* source = box[k].buffer;
@@ -356,12 +352,8 @@ void in_process_transport<Tensor>::commit() {
                (box[j].taken || !in_process_network<Tensor>::pairs_with(box[j].at, r.at)))
           ++j;
         if (j == box.size() && !net.aborted_)
-          fail(transport_timeout(
-              rank_,
-              "dualpipe: rank " + std::to_string(rank_) + " timed out after " +
-                  std::to_string(
-                      std::chrono::duration_cast<std::chrono::milliseconds>(net.timeout_).count()) +
-                  " ms waiting on " + waiting_on(r.at) + ": no matching send was posted there"));
+          fail(detail::timed_out(rank_, net.timeout_,
+                                 "on " + waiting_on(r.at) + ": no matching send was posted there"));
       }
     }
   }
@@ -378,13 +370,9 @@ void in_process_transport<Tensor>::commit() {
       if (net.wait_for_change(lock, deadline) == std::cv_status::timeout &&
           net.unread_sends_[me] > 0 && !net.aborted_) {
         const instruction first = first_unread_send();
-        fail(transport_timeout(
-            rank_,
-            "dualpipe: rank " + std::to_string(rank_) + " timed out after " +
-                std::to_string(
-                    std::chrono::duration_cast<std::chrono::milliseconds>(net.timeout_).count()) +
-                " ms waiting on " + waiting_on(first) +
-                ": the peer never posted the matching receive"));
+        fail(detail::timed_out(
+            rank_, net.timeout_,
+            "on " + waiting_on(first) + ": the peer never posted the matching receive"));
       }
     }
   }
@@ -443,12 +431,7 @@ void in_process_transport<Tensor>::finish_step() {
     if (net.wait_for_change(lock, deadline) == std::cv_status::timeout &&
         net.generation_ == generation && !net.aborted_) {
       --net.arrived_;
-      throw transport_timeout(
-          rank_,
-          "dualpipe: rank " + std::to_string(rank_) + " timed out after " +
-              std::to_string(
-                  std::chrono::duration_cast<std::chrono::milliseconds>(net.timeout_).count()) +
-              " ms waiting at the end of the step for the other ranks");
+      throw detail::timed_out(rank_, net.timeout_, "at the end of the step for the other ranks");
     }
   }
 }

@@ -281,9 +281,9 @@ class transport {
       }
     } drop{this};
     if (sends_.empty() && recvs_.empty()) return;
-    if (aborted_) throw_aborted(waiting_on(recvs_.empty() ? sends_.front().at : recvs_.front().at));
-    poll_notices(
-        [&] { return waiting_on(recvs_.empty() ? sends_.front().at : recvs_.front().at); });
+    const instruction& first = recvs_.empty() ? sends_.front().at : recvs_.front().at;
+    if (aborted_) throw_aborted(waiting_on(first));
+    poll_notices([&] { return waiting_on(first); });
     try {
       start_batch();
       finish_batch();
@@ -334,12 +334,11 @@ class transport {
       // Left pending on purpose after an abort or a timeout: a non-blocking
       // barrier cannot be cancelled, and this transport is finished anyway.
       poll_notices([&] { return where; });
-      if (clock::now() >= deadline)
-        throw transport_timeout(rank_, "dualpipe: rank " + std::to_string(rank_) +
-                                           " timed out after " +
-                                           std::to_string(options_.timeout.count()) +
-                                           " ms waiting at the end of the step for the other "
-                                           "ranks");
+      if (clock::now() >= deadline) {
+        unfinished_ = true;  // the barrier stays pending
+        throw dualpipe::detail::timed_out(rank_, options_.timeout,
+                                          "at the end of the step for the other ranks");
+      }
       back_off(spins);
     }
   }
@@ -377,8 +376,7 @@ class transport {
   // the two is large (MPI promises only MPI_TAG_UB >= 32767).
   [[nodiscard]] int tag_of(const instruction& i, bool bytes) const {
     const bool forward = i.kind == op::send_forward || i.kind == op::recv_forward;
-    const std::int64_t receiving_stage =
-        is_recv(i.kind) ? i.stage : (forward ? i.stage + 1 : i.stage - 1);
+    const std::int64_t receiving_stage = is_recv(i.kind) ? i.stage : counterpart(i, rank_).stage;
     std::uint64_t interleaved = 0;
     if (receiving_stage >= 0 && i.microbatch >= 0)
       for (int bit = 0; bit < 31; ++bit) {
@@ -456,8 +454,7 @@ class transport {
   void header_arrived(std::size_t slot, std::size_t k) {
     const posted_recv& x = recvs_[k];
     const detail::envelope& e = recv_envelopes_[k];
-    const op expected_kind = x.at.kind == op::recv_forward ? op::send_forward : op::send_backward;
-    const int expected_stage = x.at.kind == op::recv_forward ? x.at.stage - 1 : x.at.stage + 1;
+    const instruction expected = counterpart(x.at, rank_);
     const auto fail = [&](const std::string& why) {
       throw transport_error(rank_, "dualpipe: rank " + std::to_string(rank_) + " posted " +
                                        waiting_on(x.at) + ", but " + why);
@@ -467,17 +464,14 @@ class transport {
           "the matching message is a stray of an earlier transport on the same processes "
           "(epoch " +
           std::to_string(e.epoch) + ", this one is " + std::to_string(epoch_) + ")");
-    if (e.kind != static_cast<std::int32_t>(expected_kind) || e.stage != expected_stage ||
+    if (e.kind != static_cast<std::int32_t>(expected.kind) || e.stage != expected.stage ||
         e.microbatch != x.at.microbatch || e.sender != x.at.peer)
-      fail(
-          "the matching message came from " +
-          (e.kind >= 0 && e.kind < op_count
-               ? format_action(
-                     make_communication(static_cast<op>(e.kind), e.stage, e.microbatch, rank_))
-               : std::string("an unknown instruction")) +
-          " on rank " + std::to_string(e.sender) + " (expected " +
-          format_action(make_communication(expected_kind, expected_stage, x.at.microbatch, rank_)) +
-          ")");
+      fail("the matching message came from " +
+           (e.kind >= 0 && e.kind < op_count
+                ? format_action(
+                      make_communication(static_cast<op>(e.kind), e.stage, e.microbatch, rank_))
+                : std::string("an unknown instruction")) +
+           " on rank " + std::to_string(e.sender) + " (expected " + format_action(expected) + ")");
     if (const std::string problem = wire_shape_error(e.shape); !problem.empty())
       fail("the sender's header holds " + problem);
     std::span<std::byte> target;
@@ -534,12 +528,11 @@ class transport {
       poll_notices([&] { return waiting_on(first_pending()); });
       if (clock::now() >= deadline) {
         const instruction first = first_pending();
-        throw transport_timeout(
-            rank_, "dualpipe: rank " + std::to_string(rank_) + " timed out after " +
-                       std::to_string(options_.timeout.count()) + " ms waiting on " +
-                       waiting_on(first) +
-                       (is_send(first.kind) ? ": the peer never posted the matching receive"
-                                            : ": no matching send arrived"));
+        throw dualpipe::detail::timed_out(
+            rank_, options_.timeout,
+            "on " + waiting_on(first) +
+                (is_send(first.kind) ? ": the peer never posted the matching receive"
+                                     : ": no matching send arrived"));
       }
       back_off(spins);
     }
@@ -583,7 +576,7 @@ class transport {
   // is deprecated and unreliable), and the communicators are never freed, so
   // no later communicator can receive it.
   void cancel_pending() noexcept {
-    failed_batch_ = true;
+    unfinished_ = true;
     for (std::size_t k = 0; k < requests_.size(); ++k)
       if (requests_[k] != MPI_REQUEST_NULL &&
           (roles_[k].what == part::recv_header || roles_[k].what == part::recv_bytes))
@@ -604,7 +597,7 @@ class transport {
     roles_.clear();
   }
 
-  // At destruction. After an abort or a failed batch, messages of this
+  // At destruction. After an abort or a failed batch or barrier, messages of this
   // pipeline may still be in flight: the communicators are kept (a few
   // bytes each) rather than freed for reuse by a later one.
   void release() noexcept {
@@ -617,7 +610,7 @@ class transport {
     for (MPI_Request& r : notice_requests_)
       if (r != MPI_REQUEST_NULL) (void)MPI_Request_free(&r);
     notice_requests_.clear();
-    if (aborted_ || failed_batch_) {
+    if (aborted_ || unfinished_) {
       if (data_) data_->give_up();
       if (control_) control_->give_up();
     }
@@ -645,7 +638,7 @@ class transport {
   std::vector<MPI_Status> statuses_;
 
   std::uint64_t epoch_ = 0;
-  bool failed_batch_ = false;
+  bool unfinished_ = false;  // a failed batch or barrier may have left requests pending
   bool aborted_ = false;
   int abort_rank_ = -1;
   std::string abort_why_;

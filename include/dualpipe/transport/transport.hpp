@@ -4,6 +4,7 @@
 // them together at each COMMIT, as the reference's batch_isend_irecv.
 #pragma once
 
+#include <chrono>
 #include <concepts>
 #include <string>
 #include <string_view>
@@ -68,71 +69,62 @@ namespace dualpipe {
 // ---------------------------------------------------------------------------
 
 template <class T>
-concept pipeline_transport = requires(T& t, const T& ct, const instruction& i,
-                                      const typename T::tensor_type& out,
-                                      typename T::tensor_type& in, std::string_view why) {
-  typename T::tensor_type;
-  { ct.rank() } -> std::convertible_to<int>;
-  { ct.ranks() } -> std::convertible_to<int>;
-  t.post_send(i, out);
-  t.post_recv(i, in);
-  t.commit();
-  { t.abort(why) }
-  noexcept;
-};
+concept pipeline_transport =
+    requires(T& t, const T& ct, const instruction& i, const typename T::tensor_type& out,
+             typename T::tensor_type& in, std::string_view why) {
+      typename T::tensor_type;
+      { ct.rank() } -> std::convertible_to<int>;
+      { ct.ranks() } -> std::convertible_to<int>;
+      t.post_send(i, out);
+      t.post_recv(i, in);
+      t.commit();
+      { t.abort(why) } noexcept;
+    };
 
 // commit() returns a ticket: the batch may still be running when it returns.
 template <class T>
 concept transport_with_deferred_completion =
     pipeline_transport<T> && !std::is_void_v<decltype(std::declval<T&>().commit())> &&
-    requires(T & t, const decltype(std::declval<T&>().commit())& ticket) {
-  { t.complete(ticket) } -> std::convertible_to<bool>;
-  t.wait(ticket);
-};
+    requires(T& t, const decltype(std::declval<T&>().commit())& ticket) {
+      { t.complete(ticket) } -> std::convertible_to<bool>;
+      t.wait(ticket);
+    };
 
 template <class T>
-concept transport_with_begin_step = requires(T& t) {
-  t.begin_step();
-};
+concept transport_with_begin_step = requires(T& t) { t.begin_step(); };
 
 template <class T>
-concept transport_with_finish_step = requires(T& t) {
-  t.finish_step();
-};
+concept transport_with_finish_step = requires(T& t) { t.finish_step(); };
 
 // The same requirements, each failing as a sentence.
 template <class T>
 consteval bool check_pipeline_transport() {
-  static_assert(
-      requires { typename T::tensor_type; },
-      "dualpipe: the transport type needs a member type tensor_type (the buffers it "
-      "moves)");
+  static_assert(requires { typename T::tensor_type; },
+                "dualpipe: the transport type needs a member type tensor_type (the buffers it "
+                "moves)");
   if constexpr (requires { typename T::tensor_type; }) {
-    static_assert(
-        requires(const T& t) {
-          { t.rank() } -> std::convertible_to<int>;
-          { t.ranks() } -> std::convertible_to<int>;
-        },
-        "dualpipe: the transport type needs const members rank() and ranks()");
-    static_assert(
-        requires(T & t, const instruction& i, const typename T::tensor_type& out) {
-          t.post_send(i, out);
-        },
-        "dualpipe: the transport type needs a member post_send(const instruction&, "
-        "const tensor_type&)");
-    static_assert(
-        requires(T & t, const instruction& i, typename T::tensor_type& in) { t.post_recv(i, in); },
-        "dualpipe: the transport type needs a member post_recv(const instruction&, "
-        "tensor_type&)");
-    static_assert(
-        requires(T & t) { t.commit(); }, "dualpipe: the transport type needs a member commit()");
-    static_assert(
-        requires(T & t, std::string_view why) {
-          { t.abort(why) }
-          noexcept;
-        },
-        "dualpipe: the transport type needs a noexcept member abort(std::string_view)");
-    if constexpr (requires(T & t) { t.commit(); }) {
+    static_assert(requires(const T& t) {
+                    { t.rank() } -> std::convertible_to<int>;
+                    { t.ranks() } -> std::convertible_to<int>;
+                  },
+                  "dualpipe: the transport type needs const members rank() and ranks()");
+    static_assert(requires(T& t, const instruction& i, const typename T::tensor_type& out) {
+                    t.post_send(i, out);
+                  },
+                  "dualpipe: the transport type needs a member post_send(const instruction&, "
+                  "const tensor_type&)");
+    static_assert(requires(T& t, const instruction& i, typename T::tensor_type& in) {
+                    t.post_recv(i, in);
+                  },
+                  "dualpipe: the transport type needs a member post_recv(const instruction&, "
+                  "tensor_type&)");
+    static_assert(requires(T& t) { t.commit(); },
+                  "dualpipe: the transport type needs a member commit()");
+    static_assert(requires(T& t, std::string_view why) {
+                    { t.abort(why) } noexcept;
+                  },
+                  "dualpipe: the transport type needs a noexcept member abort(std::string_view)");
+    if constexpr (requires(T& t) { t.commit(); }) {
       if constexpr (!std::is_void_v<decltype(std::declval<T&>().commit())>)
         static_assert(transport_with_deferred_completion<T>,
                       "dualpipe: a transport whose commit() returns a ticket needs members "
@@ -151,12 +143,12 @@ namespace detail {
 inline void check_posted(const instruction& i, bool kind_ok, const char* what, int rank,
                          int ranks) {
   if (!kind_ok)
-    throw transport_error(
-        rank, "dualpipe: rank " + std::to_string(rank) + ": " + what + ", got " + format_action(i));
+    throw transport_error(rank, "dualpipe: rank " + std::to_string(rank) + ": " + what +
+                                    ", got " + format_action(i));
   if (i.peer < 0 || i.peer >= ranks || i.peer == rank)
-    throw transport_error(rank, "dualpipe: rank " + std::to_string(rank) + ": " + format_action(i) +
-                                    " names peer rank " + std::to_string(i.peer) +
-                                    ", which is not another rank of 0.." +
+    throw transport_error(rank, "dualpipe: rank " + std::to_string(rank) + ": " +
+                                    format_action(i) + " names peer rank " +
+                                    std::to_string(i.peer) + ", which is not another rank of 0.." +
                                     std::to_string(ranks - 1));
 }
 
@@ -172,6 +164,16 @@ struct posted_operation {
 [[nodiscard]] inline std::string waiting_on(const instruction& i) {
   return format_action(i) + (is_send(i.kind) ? " to rank " : " from rank ") +
          std::to_string(i.peer);
+}
+
+// What a transport throws on `rank` after waiting `timeout` in vain; `what`
+// continues "waiting ...", e.g. "on 1RECV_F2 from rank 0: no matching send
+// arrived".
+[[nodiscard]] inline transport_timeout timed_out(int rank, std::chrono::nanoseconds timeout,
+                                                 const std::string& what) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count();
+  return transport_timeout(rank, "dualpipe: rank " + std::to_string(rank) + " timed out after " +
+                                     std::to_string(ms) + " ms waiting " + what);
 }
 
 // What every transport throws on `rank` once `origin` has stopped the

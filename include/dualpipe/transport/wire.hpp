@@ -199,35 +199,31 @@ concept wire_tensor = requires(const T& ct, T& t, const wire_shape& s) {
 // The same requirement, failing as a sentence.
 template <class T>
 consteval bool check_wire_tensor() {
-  static_assert(
-      requires { sizeof(wire_traits<T>); },
-      "dualpipe: the tensor type has no dualpipe::wire_traits specialisation (its "
-      "shape, bytes and prepare: see dualpipe/transport/wire.hpp)");
+  static_assert(requires { sizeof(wire_traits<T>); },
+                "dualpipe: the tensor type has no dualpipe::wire_traits specialisation (its "
+                "shape, bytes and prepare: see dualpipe/transport/wire.hpp)");
   if constexpr (requires { sizeof(wire_traits<T>); }) {
-    static_assert(
-        requires(const T& t) {
-          { wire_traits<T>::shape(t) } -> std::same_as<wire_shape>;
-        },
-        "dualpipe: wire_traits<Tensor> needs static wire_shape shape(const Tensor&)");
-    static_assert(
-        requires(const T& t) {
-          { wire_traits<T>::bytes(t) } -> std::same_as<std::span<const std::byte>>;
-        },
-        "dualpipe: wire_traits<Tensor> needs static std::span<const std::byte> "
-        "bytes(const Tensor&)");
-    static_assert(
-        requires(T & t, const wire_shape& s) {
-          { wire_traits<T>::prepare(t, s) } -> std::same_as<std::span<std::byte>>;
-        },
-        "dualpipe: wire_traits<Tensor> needs static std::span<std::byte> "
-        "prepare(Tensor&, const wire_shape&)");
+    static_assert(requires(const T& t) {
+                    { wire_traits<T>::shape(t) } -> std::same_as<wire_shape>;
+                  },
+                  "dualpipe: wire_traits<Tensor> needs static wire_shape shape(const Tensor&)");
+    static_assert(requires(const T& t) {
+                    { wire_traits<T>::bytes(t) } -> std::same_as<std::span<const std::byte>>;
+                  },
+                  "dualpipe: wire_traits<Tensor> needs static std::span<const std::byte> "
+                  "bytes(const Tensor&)");
+    static_assert(requires(T& t, const wire_shape& s) {
+                    { wire_traits<T>::prepare(t, s) } -> std::same_as<std::span<std::byte>>;
+                  },
+                  "dualpipe: wire_traits<Tensor> needs static std::span<std::byte> "
+                  "prepare(Tensor&, const wire_shape&)");
   }
   return wire_tensor<T>;
 }
 
 // std::vector<T> of trivially copyable elements: one dimension.
 template <class T, class Allocator>
-requires std::is_trivially_copyable_v<T>
+  requires std::is_trivially_copyable_v<T>
 struct wire_traits<std::vector<T, Allocator>> {
   static wire_shape shape(const std::vector<T, Allocator>& v) {
     const std::int64_t n = static_cast<std::int64_t>(v.size());
