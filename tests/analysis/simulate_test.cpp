@@ -259,7 +259,7 @@ TEST_CASE("SEND/RECV/COMMIT do not change the simulation") {
       {schedules::interleaved_1f1b(2, 4, 2), schedules::interleaved_1f1b(2, 4, 2, plain)},
   };
   for (const auto& [with, without] : pairs) {
-    INFO(schedule_name(with.info().kind));
+    INFO(with.info().kind.name);
     REQUIRE(with.size() > without.size());
     const cost_model c{1.0, 2.0, 1.0, 2.5, 0.3};
     const simulation a = simulate(with, c);
@@ -381,6 +381,57 @@ TEST_CASE("a W with no deferred I waits forever and is reported") {
       hand_table(linear_info(1, 1, 1),
                  {{make_forward(0, 0), make_backward_weight(0, 0), make_backward_input(0, 0)}});
   REQUIRE_THROWS_WITH(simulate(t), Catch::Contains("rank 0 waits at instruction 1 (0W0) for 0I0"));
+}
+
+TEST_CASE("a table that runs to its end but leaves work undone is refused") {
+  // A makespan for such a table would time a step that does not train (or
+  // infer) every micro-batch; the message names the first missing piece.
+  const std::string undone =
+      "dualpipe::simulate: the table runs to its end but leaves work undone: ";
+  SECTION("an I whose W never runs") {
+    const auto t =
+        hand_table(linear_info(2, 2, 1), {{make_forward(0, 0), make_backward(0, 0)},
+                                          {make_forward(1, 0), make_backward_input(1, 0)}});
+    REQUIRE_THROWS_WITH(simulate(t), undone + "a deferred weight gradient (W) never runs; "
+                                              "expected 1W0 on rank 1");
+    const auto twin =
+        hand_table(linear_info(2, 2, 1),
+                   {{make_forward(0, 0), make_backward(0, 0)},
+                    {make_forward(1, 0), make_backward_input(1, 0), make_backward_weight(1, 0)}});
+    REQUIRE_NOTHROW(simulate(twin));
+  }
+  SECTION("a backward that never runs") {
+    const auto t = hand_table(
+        linear_info(2, 2, 2),
+        {{make_forward(0, 0), make_forward(0, 1), make_backward(0, 0)},
+         {make_forward(1, 0), make_backward(1, 0), make_forward(1, 1), make_backward(1, 1)}});
+    REQUIRE_THROWS_WITH(simulate(t),
+                        undone + "a backward (B or I) never runs; expected 0B1 on rank 0");
+  }
+  SECTION("a forward that never runs, in a forward-only table") {
+    schedule_info info = linear_info(2, 2, 2);
+    info.forward_only = true;
+    const auto t =
+        hand_table(info, {{make_forward(0, 0), make_forward(0, 1)}, {make_forward(1, 0)}});
+    REQUIRE_THROWS_WITH(simulate(t), undone + "a forward never runs; expected 1F1 on rank 1");
+    // A forward-only table owes no backward.
+    const auto twin = hand_table(
+        info, {{make_forward(0, 0), make_forward(0, 1)}, {make_forward(1, 0), make_forward(1, 1)}});
+    REQUIRE(simulate(twin).makespan == 3.0);
+  }
+  SECTION("in a table with communication, the compute is what counts") {
+    // DualPipe 2x4 loses the W of its last I on rank 0.
+    const auto full = schedules::dualpipe(2, 4);
+    schedule_table t(full.info());
+    for (int r = 0; r < 2; ++r) {
+      for (const instruction& x : full.rank(r))
+        if (!(r == 0 && x == make_backward_weight(0, 1))) t.push(x);
+      t.end_rank();
+    }
+    REQUIRE(t.size() + 1 == full.size());
+    REQUIRE_THROWS_WITH(simulate(t), undone + "a deferred weight gradient (W) never runs; "
+                                              "expected 0W1 on rank 0");
+  }
 }
 
 TEST_CASE("malformed tables and costs are errors with a precise message") {

@@ -220,6 +220,27 @@ TEST_CASE("weight gradients out of FIFO order", "[validate]") {
                     {rule::weight_order, 1, 13, dualpipe::make_backward_weight(1, 3),
                      dualpipe::make_backward_weight(2, 3), 1});
   }
+  SECTION("a W moved above its own I names that I, not the queue's head") {
+    auto t = dualpipe_4_8(compute_only);
+    // Rank 1 ends 2I7 1I3 2W7 1W3; move 1W3 above 1I3 (2I7 is then the oldest).
+    const int i = t.find(1, dualpipe::make_backward_input(1, 3));
+    t.erase(1, t.find(1, dualpipe::make_backward_weight(1, 3)));
+    t.insert(1, i, dualpipe::make_backward_weight(1, 3));
+    check_violation(validate_edited(t),
+                    {rule::weight_order, 1, i, dualpipe::make_backward_weight(1, 3),
+                     dualpipe::make_backward_input(1, 3), 1});
+    CHECK(dualpipe::describe(validate_edited(t)) ==
+          "invalid schedule: rank 1, instruction 12 (1W3): a W runs before the I that defers its "
+          "weight gradient; expected 1I3 on rank 1 [weight-order]");
+  }
+  SECTION("a W moved above its own I with nothing deferred yet") {
+    auto t = dualpipe_4_8(compute_only);
+    const int i = t.find(0, dualpipe::make_backward_input(0, 2));  // rank 0: ... 0I2 0W2 ...
+    t.swap(0, i, i + 1);
+    check_violation(validate_edited(t),
+                    {rule::weight_order, 0, i, dualpipe::make_backward_weight(0, 2),
+                     dualpipe::make_backward_input(0, 2), 0});
+  }
   SECTION("a W with nothing deferred") {
     auto t = dualpipe_4_8(compute_only);
     t.insert(0, 0, dualpipe::make_backward_weight(0, 0));
@@ -323,9 +344,118 @@ TEST_CASE("commits ordered so that the ranks deadlock", "[validate]") {
   t.insert(0, 1, dualpipe::make_commit());
   // The pairing in posting order is unchanged, so only the protocol catches it:
   // rank 0 blocks in its first commit on the send rank 1 never reaches.
-  check_violation(validate_edited(t), {rule::deadlock, 0, 1, dualpipe::make_commit(),
-                                       comm(op::send_forward, 2, 4, 0), 1});
+  const dualpipe::validation v = validate_edited(t);
+  check_violation(
+      v, {rule::deadlock, 0, 1, dualpipe::make_commit(), comm(op::send_forward, 2, 4, 0), 1});
+  // And rank 1 waits in its first commit for rank 0's first send: a cycle,
+  // named rank by rank.
+  REQUIRE(v.first.cycle.size() == 2);
+  CHECK(v.first.cycle[1].rank == 1);
+  CHECK(v.first.cycle[1].index == 1);
+  CHECK(text(v.first.cycle[1].awaited) == text(comm(op::send_forward, 0, 0, 1)));
+  CHECK(v.first.cycle[1].awaited_rank == 0);
+  CHECK(dualpipe::describe(v) ==
+        "invalid schedule: rank 0, instruction 1 (COMMIT): the ranks wait in a cycle: rank 0 "
+        "waits at instruction 1 (COMMIT) for 2SEND_F4 on rank 1; rank 1 waits at instruction 1 "
+        "(COMMIT) for 0SEND_F0 on rank 0 [deadlock]");
 }
+
+namespace {
+
+// A compute-only training table written by hand, one list per rank
+// (stage s on rank s).
+schedule_table compute_table(int stages, int microbatches,
+                             const std::vector<std::vector<instruction>>& ranks) {
+  schedule_table t({dualpipe::schedule_kind::custom, stages, stages, microbatches,
+                    dualpipe::placement::linear, false, false});
+  for (const auto& list : ranks) {
+    for (const auto& x : list) t.push(x);
+    t.end_rank();
+  }
+  return t;
+}
+
+using dualpipe::make_backward;
+using dualpipe::make_forward;
+
+}  // namespace
+
+TEST_CASE("a cyclic wait names every rank of the cycle and what it waits for", "[validate]") {
+  SECTION("compute-only, two ranks") {
+    // Rank 0's 0B0 needs rank 1's 1B0, which comes after 1F1, which needs
+    // rank 0's 0F1, which comes after 0B0.
+    const auto t = compute_table(
+        2, 2,
+        {{make_forward(0, 0), make_backward(0, 0), make_forward(0, 1), make_backward(0, 1)},
+         {make_forward(1, 1), make_forward(1, 0), make_backward(1, 0), make_backward(1, 1)}});
+    const dualpipe::validation v = dualpipe::validate(t);
+    check_violation(v, {rule::deadlock, 0, 1, make_backward(0, 0), make_backward(1, 0), 1});
+    CHECK(dualpipe::describe(v) ==
+          "invalid schedule: rank 0, instruction 1 (0B0): the ranks wait in a cycle: rank 0 "
+          "waits at instruction 1 (0B0) for 1B0 on rank 1; rank 1 waits at instruction 0 (1F1) "
+          "for 0F1 on rank 0 [deadlock]");
+  }
+  SECTION("a rank that waits on the cycle is not part of it") {
+    // Ranks 1 and 2 wait for each other as above; rank 0's 0B0 waits for
+    // rank 1's 1B0, behind the cycle. The report starts at the cycle.
+    const auto t = compute_table(
+        3, 2,
+        {{make_forward(0, 0), make_forward(0, 1), make_backward(0, 0), make_backward(0, 1)},
+         {make_forward(1, 0), make_backward(1, 0), make_forward(1, 1), make_backward(1, 1)},
+         {make_forward(2, 1), make_forward(2, 0), make_backward(2, 0), make_backward(2, 1)}});
+    const dualpipe::validation v = dualpipe::validate(t);
+    check_violation(v, {rule::deadlock, 1, 1, make_backward(1, 0), make_backward(2, 0), 2});
+    CHECK(dualpipe::describe(v) ==
+          "invalid schedule: rank 1, instruction 1 (1B0): the ranks wait in a cycle: rank 1 "
+          "waits at instruction 1 (1B0) for 2B0 on rank 2; rank 2 waits at instruction 0 (2F1) "
+          "for 1F1 on rank 1 [deadlock]");
+  }
+  SECTION("the instruction waited for is the one in the producer's list") {
+    // As the first section, with rank 1's backward of micro-batch 0 split
+    // into I and W: rank 0 waits for that I.
+    const auto t = compute_table(
+        2, 2,
+        {{make_forward(0, 0), make_backward(0, 0), make_forward(0, 1), make_backward(0, 1)},
+         {make_forward(1, 1), make_forward(1, 0), dualpipe::make_backward_input(1, 0),
+          dualpipe::make_backward_weight(1, 0), make_backward(1, 1)}});
+    CHECK(dualpipe::describe(dualpipe::validate(t)) ==
+          "invalid schedule: rank 0, instruction 1 (0B0): the ranks wait in a cycle: rank 0 "
+          "waits at instruction 1 (0B0) for 1I0 on rank 1; rank 1 waits at instruction 0 (1F1) "
+          "for 0F1 on rank 0 [deadlock]");
+  }
+  SECTION("no cycle: the rank waited for finishes without the input") {
+    // Rank 0 never runs micro-batch 1; rank 1 waits for its forward.
+    const auto t = compute_table(
+        2, 2,
+        {{make_forward(0, 0), make_backward(0, 0)},
+         {make_forward(1, 0), make_backward(1, 0), make_forward(1, 1), make_backward(1, 1)}});
+    const dualpipe::validation v = dualpipe::validate(t);
+    check_violation(v, {rule::deadlock, 1, 2, make_forward(1, 1), make_forward(0, 1), 0});
+    CHECK(v.first.cycle.empty());
+    CHECK(dualpipe::describe(v) ==
+          "invalid schedule: rank 1, instruction 2 (1F1): blocked: the input this instruction "
+          "needs is never produced; expected 0F1 on rank 0 [deadlock]");
+  }
+}
+
+// The cycle's list allocates, and is freed within the constant expression:
+// validate() still works in static_assert on a table that deadlocks.
+namespace {
+
+constexpr dualpipe::static_table<2, 8> cyclic_compute_table() {
+  dualpipe::static_table<2, 8> t{};
+  t.header = {dualpipe::schedule_kind::custom, 2, 2, 2, dualpipe::placement::linear, false, false};
+  t.instructions = {make_forward(0, 0), make_backward(0, 0), make_forward(0, 1),
+                    make_backward(0, 1), make_forward(1, 1), make_forward(1, 0),
+                    make_backward(1, 0), make_backward(1, 1)};
+  t.offsets = {0, 4, 8};
+  return t;
+}
+
+}  // namespace
+
+static_assert(!dualpipe::validate(cyclic_compute_table()).ok);
+static_assert(dualpipe::validate(cyclic_compute_table()).first.cycle.size() == 2);
 
 TEST_CASE("a compute before the commit that receives its input", "[validate]") {
   auto t = dualpipe_4_8(training);
@@ -476,7 +606,7 @@ constexpr dualpipe::schedule_info two_rank_inference{dualpipe::schedule_kind::cu
 // Rank 1: receive 0, commit, F, receive 1, commit, F.
 constexpr dualpipe::static_table<2, 11> compute_inside_batch() {
   dualpipe::static_table<2, 11> t{};
-  t.info = two_rank_inference;
+  t.header = two_rank_inference;
   t.instructions = {dualpipe::make_forward(0, 0),
                     dualpipe::make_communication(op::send_forward, 0, 0, 1),
                     dualpipe::make_forward(0, 1),

@@ -160,7 +160,7 @@ TEST_CASE("round trip of generated tables", "[csv]") {
             // The caller names the kind (and DualPipeV's V placement, which
             // import cannot tell from an explicit map).
             schedule_info given{};
-            given.kind = v_shape ? schedule_kind::dualpipev : schedule_kind::dualpipe;
+            given.kind = v_shape ? dualpipev_generator::kind : dualpipe_generator::kind;
             given.where = v_shape ? placement::v_shape : placement::mirrored;
             CHECK(read_csv(text, given) == generated);
             // Or just the kind, which brings its placement.
@@ -203,7 +203,7 @@ TEST_CASE("round trip of every registered schedule, given its kind", "[csv]") {
 
 TEST_CASE("a kind whose placement contradicts the text is an error", "[csv]") {
   try {
-    (void)read_csv(dualpipe_2x4_csv, schedule_kind::dualpipev);
+    (void)read_csv(dualpipe_2x4_csv, dualpipev_generator::kind);
     FAIL("no csv_error");
   } catch (const csv_error& e) {
     CHECK(e.line() == 1);
@@ -231,13 +231,13 @@ TEST_CASE("PyTorch's compute + comms format: SEND/RECV without COMMIT", "[csv]")
 
 TEST_CASE("a caller-given schedule_info overrides inference", "[csv]") {
   schedule_info given{};
-  given.kind = schedule_kind::one_f_one_b;
+  given.kind = one_f_one_b_generator::kind;
   given.where = placement::linear;
   given.ranks = 2;
   given.stages = 2;
   given.microbatches = 5;
   const schedule_table t = read_csv("0F0,0B0\n1F0,1B0\n", given);
-  CHECK(t.info().kind == schedule_kind::one_f_one_b);
+  CHECK(t.info().kind == one_f_one_b_generator::kind);
   CHECK(t.info().where == placement::linear);
   CHECK(t.info().microbatches == 5);
   CHECK(t.view().stage_ranks.empty());

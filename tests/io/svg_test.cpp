@@ -301,7 +301,7 @@ TEST_CASE("with the schedule known, numbers on a micro-batch's second leg are wh
   for (const bool v : {false, true}) {
     const auto t = v ? schedules::dualpipev(2, 4, {.with_communication = false})
                      : schedules::dualpipe(2, 4, {.with_communication = false});
-    INFO(schedule_name(t.info().kind));
+    INFO(t.info().kind.name);
     const simulation s = simulate(t, cost_model{1, 2, 1, 3, 0});
     const element root = xml_reader(format_svg(s, {.schedule = t.info()})).document();
     const element* timeline = find_id(root, "timeline");

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Passes when the first ```cpp block of README.md is exactly the example file,
-# so that the code the README shows is the code the test compiles.
+# Passes when the first ```cpp block of a Markdown file (README.md, or a page
+# under docs/) is exactly the example file, so that the code the page shows is
+# the code the test compiles.
 # Usage: same_as_readme.sh README.md examples/readme_example.cpp
 set -euo pipefail
 readme=$1
@@ -11,6 +12,6 @@ if [ -z "$block" ]; then
   exit 1
 fi
 if ! diff -u <(printf '%s\n' "$block") "$example"; then
-  echo "the README's example differs from $example: keep them identical" >&2
+  echo "the example in $readme differs from $example: keep them identical" >&2
   exit 1
 fi

@@ -16,9 +16,12 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "dualpipe/runtime/executor.hpp"
+#include "dualpipe/runtime/mirrored.hpp"
 #include "dualpipe/schedule/action_syntax.hpp"
 #include "dualpipe/schedule/dualpipe.hpp"
 #include "dualpipe/schedule/registry.hpp"
@@ -385,9 +388,13 @@ TEST_CASE("a W that is not the oldest deferred weight gradient is refused", "[ex
     std::vector<call> log;
     recording_stage<true> st;
     st.log = &log;
-    REQUIRE_THROWS_WITH((executor_t<true>(bad, net.endpoint(0),
-                                          [&](int) -> recording_stage<true>& { return st; })),
-                        Catch::Contains("FIFO"));
+    // The swap moves the second W above its own I: the validator names that I.
+    const std::string its_i = dualpipe::format_action(
+        dualpipe::make_backward_input(second_w.stage, second_w.microbatch));
+    REQUIRE_THROWS_WITH(
+        (executor_t<true>(bad, net.endpoint(0), [&](int) -> recording_stage<true>& { return st; })),
+        Catch::Contains("a W runs before the I that defers its weight gradient; expected " + its_i +
+                        " on rank 0 [weight-order]"));
   }
   SECTION("by the executor itself when validation is off") {
     run_options o;
@@ -784,4 +791,123 @@ TEST_CASE("a compute-only table is lowered and runs in its compute order", "[exe
     for (int r = 0; r < 4; ++r)
       REQUIRE(runs[static_cast<std::size_t>(r)].log == expected_calls(table, r, true, false));
   }
+}
+
+// --- the loss value type is the user's --------------------------------------
+
+namespace {
+
+// Double data through an affine stage per model stage, with weights whose
+// products need all 53 bits: any rounding to float on the way would show.
+using vector_t = std::vector<double>;
+
+double stage_weight(int s) { return 1.0 + (s + 1) * 1e-12; }
+double stage_bias(int s) { return 0.1 * (s + 1); }
+
+void affine(int s, const vector_t& in, vector_t& out) {
+  out.resize(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) out[i] = in[i] * stage_weight(s) + stage_bias(s);
+}
+
+struct affine_stage {
+  int stage = 0;
+  void forward(int, const vector_t& in, vector_t& out) { affine(stage, in, out); }
+  void backward(int, const vector_t& g, vector_t& ig) {
+    ig.resize(g.size());
+    for (std::size_t i = 0; i < g.size(); ++i) ig[i] = g[i] * stage_weight(stage);
+  }
+  void backward_input(int mb, const vector_t& g, vector_t& ig) { backward(mb, g, ig); }
+  void backward_weight(int) {}
+};
+
+// The loss returns the data's own element type, as docs/executor.md says.
+template <class Value>
+struct squared_error {
+  Value operator()(const vector_t& y, const vector_t& label) const {
+    double sum = 0;
+    for (std::size_t i = 0; i < y.size(); ++i) sum += (y[i] - label[i]) * (y[i] - label[i]);
+    return static_cast<Value>(sum);
+  }
+  void gradient(const vector_t& y, const vector_t& label, vector_t& seed) const {
+    seed.resize(y.size());
+    for (std::size_t i = 0; i < y.size(); ++i) seed[i] = 2 * (y[i] - label[i]);
+  }
+};
+
+vector_t affine_input(int mb) { return {1.0 / 3 + mb, 2.0 / 7 - mb, 1e-9 * mb}; }
+vector_t affine_label(int mb) { return {0.5 * mb, 1.0 / 11, -1.0 / 13}; }
+
+// The loss of micro-batch m computed without a pipeline.
+double unpipelined_loss(int stages, int m) {
+  vector_t x = affine_input(m), y;
+  for (int s = 0; s < stages; ++s) {
+    affine(s, x, y);
+    std::swap(x, y);
+  }
+  return squared_error<double>{}(x, affine_label(m));
+}
+
+// Every rank's losses, in leaving_microbatches() order, and those micro-batches.
+template <class Value>
+std::vector<std::pair<std::vector<int>, std::vector<Value>>> pipelined_losses(
+    dualpipe::table_view table) {
+  using transport = dualpipe::in_process_transport<vector_t>;
+  using executor = dualpipe::executor<affine_stage, transport, squared_error<Value>>;
+  STATIC_REQUIRE(std::is_same_v<typename executor::loss_value_type, Value>);
+  using step_losses = decltype(std::declval<typename executor::step_result>().losses);
+  STATIC_REQUIRE(std::is_same_v<typename step_losses::value_type, Value>);
+  const int P = table.ranks();
+  dualpipe::in_process_network<vector_t> net(P);
+  std::vector<std::pair<std::vector<int>, std::vector<Value>>> out(static_cast<std::size_t>(P));
+  const auto body = [&](int r) {
+    std::vector<affine_stage> stages;
+    stages.reserve(static_cast<std::size_t>(table.stages()));  // no reallocation: stable references
+    executor ex(table, net.endpoint(r),
+                [&](int s) -> affine_stage& { return stages.emplace_back(affine_stage{s}); });
+    std::vector<vector_t> inputs, labels;
+    for (const int m : ex.entering_microbatches()) inputs.push_back(affine_input(m));
+    for (const int m : ex.leaving_microbatches()) labels.push_back(affine_label(m));
+    squared_error<Value> loss;
+    const auto& res = ex.step(inputs, labels, loss);
+    auto& [mbs, losses] = out[static_cast<std::size_t>(r)];
+    mbs.assign(res.microbatches.begin(), res.microbatches.end());
+    losses.assign(res.losses.begin(), res.losses.end());
+  };
+  dualpipe::test::rethrow_any(dualpipe::test::on_ranks(P, body));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a loss returning double on double data keeps every loss bit for bit", "[executor]") {
+  for (const bool v : {false, true}) {
+    const auto table =
+        v ? dualpipe::schedules::dualpipev(2, 4) : dualpipe::schedules::dualpipe(4, 8);
+    INFO(table.info().kind.name);
+    const int S = table.info().stages;
+    int seen = 0;
+    for (const auto& [mbs, losses] : pipelined_losses<double>(table)) {
+      REQUIRE(losses.size() == mbs.size());
+      for (std::size_t i = 0; i < mbs.size(); ++i) {
+        CAPTURE(mbs[i]);
+        REQUIRE(losses[i] == unpipelined_loss(S, mbs[i]));
+        ++seen;
+      }
+    }
+    REQUIRE(seen == table.info().microbatches);
+    // The docs' old example returned float: on the same data that rounds.
+    int rounded = 0;
+    for (const auto& [mbs, losses] : pipelined_losses<float>(table))
+      for (std::size_t i = 0; i < mbs.size(); ++i)
+        rounded += static_cast<double>(losses[i]) != unpipelined_loss(S, mbs[i]);
+    REQUIRE(rounded > 0);
+  }
+}
+
+// docs/executor.md's `mirror_rank(table.info(), r)` reads the same on a table
+// built at run time and on one built at compile time.
+static_assert(dualpipe::mirror_rank(dualpipe::schedules::dualpipe_table<4, 8>().info(), 0) == 3);
+TEST_CASE("mirror_rank(table.info(), r) as the docs write it", "[executor]") {
+  REQUIRE(dualpipe::mirror_rank(dualpipe::schedules::dualpipe(4, 8).info(), 1) == 2);
+  REQUIRE(dualpipe::mirror_rank(dualpipe::schedules::dualpipev(2, 4).info(), 1) == -1);
 }

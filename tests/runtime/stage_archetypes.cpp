@@ -1,7 +1,9 @@
 // Compile-fail cases for the runtime concepts. Built as is, archetypes with
 // exactly the minimal interface (a stage, a loss, a transport) instantiate the
 // executor and must compile cleanly. Built with one -DMISSING_... macro, one
-// member is left out and the build must fail with the sentence naming it.
+// member is left out and the build must fail with the sentence naming it;
+// with -DSTAGE_OF_BY_VALUE the executor is given a stage_of that returns the
+// stage by value (a lambda without '-> Stage&').
 #include <string_view>
 
 #include "dualpipe/runtime/executor.hpp"
@@ -62,7 +64,11 @@ static_assert(!executor_type::overlaps_forward_backward);
 // Instantiates the constructor and both step() overloads.
 [[maybe_unused]] void use(dualpipe::table_view table, archetype::transport& t, archetype::stage& s,
                           archetype::loss& l) {
+#ifdef STAGE_OF_BY_VALUE
+  executor_type ex(table, t, [&s](int) { return s; });
+#else
   executor_type ex(table, t, [&s](int) -> archetype::stage& { return s; });
+#endif
   ex.step({}, {}, l);
   ex.step({}, {.forward_only = true});
 }

@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-#include "dualpipe/runtime/errors.hpp"
+#include "dualpipe/transport/errors.hpp"
 #include "dualpipe/schedule/dualpipe.hpp"
 #include "dualpipe/schedule/registry.hpp"
 #include "mlp.hpp"

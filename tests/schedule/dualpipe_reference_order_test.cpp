@@ -252,7 +252,7 @@ TEST_CASE("DualPipe and DualPipeV compute order equals the reference procedure",
                       << (forward_only ? " forward-only" : " training"));
       const auto& info = table.info();
       CHECK(info.kind ==
-            (c.v_shape ? dualpipe::schedule_kind::dualpipev : dualpipe::schedule_kind::dualpipe));
+            (c.v_shape ? dualpipe::dualpipev_generator::kind : dualpipe::dualpipe_generator::kind));
       CHECK(info.ranks == c.P);
       CHECK(info.stages == (c.v_shape ? 2 * c.P : c.P));
       CHECK(info.microbatches == c.N);

@@ -14,7 +14,7 @@
 #include "dualpipe/schedule/dualpipe.hpp"
 #include "dualpipe/schedule/gpipe.hpp"
 #include "dualpipe/schedule/interleaved_1f1b.hpp"
-#include "dualpipe/schedule/lower.hpp"
+#include "dualpipe/passes/lower_communication.hpp"
 #include "dualpipe/schedule/zbv.hpp"
 
 #include "rank_actions.hpp"
@@ -164,8 +164,9 @@ TEST_CASE("lowering rejects malformed compute orders, naming the first offending
   // which needs rank 0's 0F1, which comes after 0B0.
   CHECK(lowering_error(table_of(linear(2, 2), {{"0F0", "0B0", "0F1", "0B1"},
                                                {"1F1", "1F0", "1B0", "1B1"}})) ==
-        "lower_communication: invalid schedule: rank 0, instruction 1 (0B0): blocked: the "
-        "input this instruction needs is never produced [deadlock]");
+        "lower_communication: invalid schedule: rank 0, instruction 1 (0B0): the ranks wait in "
+        "a cycle: rank 0 waits at instruction 1 (0B0) for 1B0 on rank 1; rank 1 waits at "
+        "instruction 0 (1F1) for 0F1 on rank 0 [deadlock]");
   // Weight gradients out of first-in first-out order.
   CHECK(lowering_error(table_of(linear(1, 2), {{"0F0", "0F1", "0I0", "0I1", "0W1", "0W0"}})) ==
         "lower_communication: invalid schedule: rank 0, instruction 4 (0W1): a W that is not "

@@ -61,7 +61,10 @@ TEST_CASE("every registered schedule builds a valid table under its own name", "
       for (const bool forward_only : {false, true}) {
         INFO(e.name << " comm=" << comm << " forward_only=" << forward_only);
         const schedule_table t = make_schedule(e.name, {4, 16, {forward_only, comm}, {}});
-        CHECK(std::string(schedule_name(t.info().kind)) == std::string(e.name));
+        CHECK(std::string(t.info().kind.name) == std::string(e.name));
+        CHECK(t.info().kind == e.kind);
+        CHECK(t.info().where == e.kind.where);  // the entry's placement is the tables'
+        CHECK_FALSE(e.summary.empty());
         CHECK(t.info().ranks == 4);
         CHECK(t.info().microbatches == 16);
         CHECK(t.info().with_communication == comm);

@@ -89,8 +89,8 @@ constexpr bool commit_kind(op k) {
 
 template <class Table>
 constexpr bool counts_match(const Table& t, bool with_communication) {
-  const auto& i = t.info;
-  const bool v = i.kind == dualpipe::schedule_kind::dualpipev;
+  const auto& i = t.info();
+  const bool v = i.kind == dualpipe::dualpipev_generator::kind;
   for (int r = 0; r < i.ranks; ++r) {
     if (count_where(t, r, compute_kind) !=
         expected_compute_count(i.ranks, i.microbatches, v, i.forward_only, r))
@@ -158,11 +158,11 @@ static_assert(counts_match(dpv_3_7, true));
 static_assert(counts_match(dpv_8_20_compute, false));
 
 // Schedule info.
-static_assert(dp_8_20.info == dualpipe::schedule_info{dualpipe::schedule_kind::dualpipe, 8, 8, 20,
+static_assert(dp_8_20.info() == dualpipe::schedule_info{dualpipe::dualpipe_generator::kind, 8, 8, 20,
                                                       dualpipe::placement::mirrored, false, true});
-static_assert(dpv_3_7.info == dualpipe::schedule_info{dualpipe::schedule_kind::dualpipev, 3, 6, 7,
+static_assert(dpv_3_7.info() == dualpipe::schedule_info{dualpipe::dualpipev_generator::kind, 3, 6, 7,
                                                       dualpipe::placement::v_shape, false, true});
-static_assert(dp_8_20_inference.info.forward_only && !dp_4_8_compute.info.with_communication);
+static_assert(dp_8_20_inference.info().forward_only && !dp_4_8_compute.info().with_communication);
 
 // First and last instructions, traced by hand through the eight steps and the
 // reference's commit flow. DualPipe P=4 N=8: rank 0 starts micro-batch 0 with

@@ -193,9 +193,59 @@ TEST_CASE("a schedule that cannot run: simulate exits 1 naming the stuck instruc
   const temporary_file cyclic("0F0,0B0,0F1,0B1\n1F1,1F0,1B0,1B1\n");
   const tool_run o = run_tool({"simulate", "--input", cyclic.path});
   REQUIRE(o.status == 1);
+  REQUIRE(o.out.empty());
   REQUIRE(lines_of(o.err).size() == 1);
   REQUIRE(o.err.find("rank 0 waits at instruction 1 (0B0) for 1B0") != std::string::npos);
   REQUIRE(o.err.find("rank 1 waits at instruction 0 (1F1) for 0F1") != std::string::npos);
+  // validate names the same cycle.
+  const tool_run v = run_tool({"validate", "--input", cyclic.path});
+  REQUIRE(v.status == 1);
+  REQUIRE(v.out ==
+          "invalid schedule: rank 0, instruction 1 (0B0): the ranks wait in a cycle: rank 0 waits "
+          "at instruction 1 (0B0) for 1B0 on rank 1; rank 1 waits at instruction 0 (1F1) for 0F1 "
+          "on rank 0 [deadlock]\n");
+}
+
+TEST_CASE("simulate refuses a table that does not validate, with validate's sentence") {
+  std::vector<std::string> invalid;
+  // Rank 1's I is never followed by its W: every compute has its inputs, so
+  // the simulator alone would time the step.
+  invalid.push_back("0F0,0B0\n1F0,1I0\n");
+  // DualPipe with communication, one receive dropped: the simulator ignores
+  // communication, validate does not.
+  const tool_run csv =
+      run_tool({"--schedule", "dualpipe", "--ranks", "2", "--microbatches", "4", "--with-comm"});
+  REQUIRE(csv.status == 0);
+  std::string dropped = csv.out;
+  const std::size_t recv = dropped.find("RECV_F");
+  REQUIRE(recv != std::string::npos);
+  const std::size_t begin = dropped.rfind(',', recv) + 1;  // the whole field, and its comma
+  dropped.erase(begin, dropped.find(',', recv) + 1 - begin);
+  invalid.push_back(dropped);
+  for (const std::string& text : invalid) {
+    INFO(text);
+    const temporary_file file(text);
+    const tool_run v = run_tool({"validate", "--input", file.path});
+    REQUIRE(v.status == 1);
+    REQUIRE(v.out.rfind("invalid schedule: ", 0) == 0);
+    for (const char* format : {"text", "json", "chrome-trace", "svg"}) {
+      INFO(format);
+      const tool_run o = run_tool({"simulate", "--input", file.path, "--format", format});
+      REQUIRE(o.status == 1);
+      REQUIRE(o.out.empty());
+      REQUIRE(o.err == "dualpipe-schedule: error: " + v.out);
+    }
+  }
+  const temporary_file missing_w(invalid[0]);
+  REQUIRE(run_tool({"validate", "--input", missing_w.path}).out ==
+          "invalid schedule: rank 1: a deferred weight gradient (W) never runs; expected 1W0 on "
+          "rank 1 [missing]\n");
+  // The positive twin: the W restored, it simulates.
+  const temporary_file complete("0F0,0B0\n1F0,1I0,1W0\n");
+  const tool_run ok = run_tool({"simulate", "--input", complete.path, "--format", "json"});
+  INFO(ok.err);
+  REQUIRE(ok.status == 0);
+  REQUIRE(nlohmann::json::parse(ok.out).at("makespan").is_number());
 }
 
 TEST_CASE("bad usage is one line on stderr and exit 2") {

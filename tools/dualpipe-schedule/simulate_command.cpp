@@ -1,7 +1,8 @@
 // `dualpipe-schedule simulate`: runs the cost-model simulator on a schedule
 // (--schedule ... or --input FILE.csv) and prints its makespan and per-rank
 // busy time, bubble and peak activations as a table (text), as JSON, or draws
-// the timeline (chrome-trace, svg).
+// the timeline (chrome-trace, svg). A table that does not validate is refused
+// with validate's sentence (exit 1).
 #include <iomanip>
 #include <iostream>
 #include <memory>
@@ -14,6 +15,7 @@
 #include "commands.hpp"
 #include "cost_option.hpp"
 #include "dualpipe/analysis/simulate.hpp"
+#include "dualpipe/analysis/validate.hpp"
 #include "table_source.hpp"
 #include "timeline_formats.hpp"
 #include "usage_error.hpp"
@@ -32,7 +34,7 @@ struct simulate_options {
 void write_simulation_json(std::ostream& out, const schedule_table& table, const simulation& sim,
                            const cost_model& costs) {
   nlohmann::ordered_json doc;
-  doc["schedule"] = schedule_name(table.info().kind);
+  doc["schedule"] = std::string(table.info().kind.name);
   doc["stages"] = table.info().stages;
   doc["microbatches"] = table.info().microbatches;
   doc["costs"] = {{"F", costs.forward},
@@ -57,7 +59,7 @@ void write_simulation_json(std::ostream& out, const schedule_table& table, const
 void write_simulation_text(std::ostream& out, const schedule_table& table, const simulation& sim,
                            const cost_model& costs) {
   const schedule_info& info = table.info();
-  out << schedule_name(info.kind) << ": " << info.ranks << " ranks, " << info.stages << " stages, "
+  out << info.kind.name << ": " << info.ranks << " ranks, " << info.stages << " stages, "
       << info.microbatches << " micro-batches; costs " << describe_cost(costs) << '\n';
   out << "makespan " << sim.makespan << ", bubble max " << sim.bubble_max << ", min "
       << sim.bubble_min << '\n';
@@ -82,7 +84,9 @@ std::function<int()> attach_simulate(CLI::App& sub) {
   sub.footer(
       "Activations are in units of one stage's activations for one micro-batch, "
       "parameters in stages held. Communication instructions are ignored: the model is "
-      "dataflow plus a comm latency per hand-off between ranks.");
+      "dataflow plus a comm latency per hand-off between ranks.\nExit status: 0 simulated, 1 "
+      "the table does not validate (validate's sentence on stderr), 2 bad usage or malformed "
+      "CSV.");
   return [options]() {
     const std::string& format = options->format;
     if (format != "text" && format != "json" && format != "chrome-trace" && format != "svg")
@@ -90,7 +94,13 @@ std::function<int()> attach_simulate(CLI::App& sub) {
                         "' (known: text, json, chrome-trace, svg)");
     const cost_model costs = parse_cost(options->cost);
     const schedule_table table = build_table(options->source);
-    // A table that cannot run is bad input, not bad usage: exit 1.
+    // The simulator times dataflow only, so a table that validate() rejects
+    // (a send without its receive, a W out of order) could still get a
+    // makespan. Refuse it with validate's sentence: bad input, not bad
+    // usage, exit 1 as `validate` exits for it.
+    if (const validation v = validate(table); !v.ok) throw std::runtime_error(describe(v));
+    // Past validation the simulator should not refuse the table; if it does,
+    // that too is bad input: exit 1.
     const simulation sim = [&] {
       try {
         return simulate(table, costs);

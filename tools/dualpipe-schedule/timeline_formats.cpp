@@ -16,7 +16,7 @@ void write_chrome_trace(std::ostream& out, const simulation& sim) {
 void write_svg(std::ostream& out, const schedule_table& table, const simulation& sim,
                const cost_model& costs) {
   const schedule_info& info = table.info();
-  std::string title = std::string(schedule_name(info.kind)) + ", " + std::to_string(info.ranks) +
+  std::string title = std::string(info.kind.name) + ", " + std::to_string(info.ranks) +
                       " ranks, " + std::to_string(info.stages) + " stages, " +
                       std::to_string(info.microbatches) + " micro-batches (" +
                       describe_cost(costs) + "): makespan ";

@@ -23,50 +23,12 @@
 #include <vector>
 
 #include "dualpipe/analysis/activations.hpp"
+#include "dualpipe/analysis/costs.hpp"
 #include "dualpipe/schedule/action_syntax.hpp"
 #include "dualpipe/schedule/instruction.hpp"
 #include "dualpipe/schedule/table.hpp"
 
 namespace dualpipe {
-
-// The time one stage spends on one micro-batch, in any unit.
-struct stage_costs {
-  double forward = 1.0;     // F
-  double backward = 2.0;    // B: full backward (input and weight gradients)
-  double weight = 1.0;      // W: the weight part of B; backward-input I costs B - W
-  double overlapped = 3.0;  // F&B: a forward overlapped with a full backward
-
-  friend constexpr bool operator==(const stage_costs&, const stage_costs&) = default;
-};
-
-// Costs for a whole table. The five numbers apply to every stage; per_stage
-// (one entry per stage) replaces them stage by stage, and stage_scale (one
-// factor per stage) multiplies whichever applies, e.g. for a last stage that
-// also computes the loss. An overlapped pair acts on two stages and costs the
-// mean of the two stages' `overlapped`.
-struct cost_model {
-  double forward = 1.0;
-  double backward = 2.0;
-  double weight = 1.0;
-  double overlapped = 3.0;
-  // Latency added to every dependency whose producer ran on another rank (an
-  // activation or gradient that travels); none between stages of one rank.
-  double comm = 0.0;
-  std::span<const stage_costs> per_stage{};
-  std::span<const double> stage_scale{};
-
-  // The costs that apply to `stage`.
-  [[nodiscard]] constexpr stage_costs of_stage(int stage) const {
-    stage_costs c{forward, backward, weight, overlapped};
-    const auto s = static_cast<std::size_t>(stage);
-    if (!per_stage.empty()) c = per_stage[s];
-    if (!stage_scale.empty()) {
-      const double k = stage_scale[s];
-      c = {c.forward * k, c.backward * k, c.weight * k, c.overlapped * k};
-    }
-    return c;
-  }
-};
 
 // One compute instruction placed in time.
 struct timed_instruction {
@@ -105,59 +67,6 @@ struct simulation_summary {
 
 namespace detail {
 
-[[nodiscard]] constexpr bool is_finite_nonnegative(double x) noexcept {
-  return x >= 0.0 && x <= 1.0e300;  // false for NaN, negatives and infinities
-}
-
-constexpr void check_stage_costs(const stage_costs& c, std::string_view where) {
-  if (!is_finite_nonnegative(c.forward) || !is_finite_nonnegative(c.backward) ||
-      !is_finite_nonnegative(c.weight) || !is_finite_nonnegative(c.overlapped))
-    throw std::invalid_argument("dualpipe::simulate: " + std::string(where) +
-                                ": costs must be finite and non-negative");
-  if (c.weight > c.backward)
-    throw std::invalid_argument("dualpipe::simulate: " + std::string(where) +
-                                ": the weight part W exceeds the full backward B (I = B - W "
-                                "would be negative)");
-}
-
-constexpr void check_costs(const cost_model& costs, int stages) {
-  check_stage_costs({costs.forward, costs.backward, costs.weight, costs.overlapped}, "cost model");
-  if (!is_finite_nonnegative(costs.comm))
-    throw std::invalid_argument(
-        "dualpipe::simulate: the communication latency must be finite and non-negative");
-  if (!costs.per_stage.empty() && costs.per_stage.size() != static_cast<std::size_t>(stages)) {
-    std::string m = "dualpipe::simulate: per_stage has ";
-    append_int(m, static_cast<std::int64_t>(costs.per_stage.size()));
-    m += " entries, the table has ";
-    append_int(m, stages);
-    m += " stages";
-    throw std::invalid_argument(m);
-  }
-  if (!costs.stage_scale.empty() && costs.stage_scale.size() != static_cast<std::size_t>(stages)) {
-    std::string m = "dualpipe::simulate: stage_scale has ";
-    append_int(m, static_cast<std::int64_t>(costs.stage_scale.size()));
-    m += " entries, the table has ";
-    append_int(m, stages);
-    m += " stages";
-    throw std::invalid_argument(m);
-  }
-  for (int s = 0; s < stages; ++s) {
-    if (!costs.per_stage.empty()) {
-      std::string where = "per_stage[";
-      append_int(where, s);
-      where += "]";
-      check_stage_costs(costs.per_stage[static_cast<std::size_t>(s)], where);
-    }
-    if (!costs.stage_scale.empty() &&
-        !is_finite_nonnegative(costs.stage_scale[static_cast<std::size_t>(s)])) {
-      std::string m = "dualpipe::simulate: stage_scale[";
-      append_int(m, s);
-      m += "] must be finite and non-negative";
-      throw std::invalid_argument(m);
-    }
-  }
-}
-
 // The event loop. Each rank runs its compute list in order; a rank that meets
 // an instruction whose input does not exist yet parks on that input, and the
 // producer wakes it when it finishes. Because a start time depends only on
@@ -171,17 +80,9 @@ class simulator {
     P_ = t_.ranks();
     S_ = t_.stages();
     N_ = t_.microbatches();
-    if (P_ <= 0 || S_ <= 0 || N_ <= 0)
-      throw std::invalid_argument(
-          "dualpipe::simulate: the table has no ranks, stages or micro-batches");
     // A view whose offsets do not cover its instructions would read out of bounds.
-    bool offsets_ok = t_.offsets.size() == static_cast<std::size_t>(P_) + 1 && t_.offsets[0] == 0 &&
-                      t_.offsets[static_cast<std::size_t>(P_)] == t_.instructions.size();
-    for (std::size_t r = 0; offsets_ok && r < static_cast<std::size_t>(P_); ++r)
-      offsets_ok = t_.offsets[r] <= t_.offsets[r + 1];
-    if (!offsets_ok)
-      throw std::invalid_argument(
-          "dualpipe::simulate: the table's rank offsets do not cover its instructions");
+    if (const std::string_view why = shape_violation(t_); !why.empty())
+      throw std::invalid_argument("dualpipe::simulate: " + std::string(why));
     check_costs(costs_, S_);
 
     const std::size_t cells = static_cast<std::size_t>(S_) * static_cast<std::size_t>(N_);
@@ -222,6 +123,7 @@ class simulator {
     for (int r = 0; r < P_; ++r)
       if (ranks_[static_cast<std::size_t>(r)].pc < static_cast<int>(t_.rank(r).size()))
         throw std::invalid_argument(stuck_message());
+    check_complete();
 
     summarize();
     return std::move(out_);
@@ -440,6 +342,37 @@ class simulator {
     return m;
   }
 
+  // Every rank ran to its end: did each (stage, micro-batch) get its forward
+  // and, in training, its backward (B or I) and, after an I, its W? A table
+  // that leaves work undone has no step time to report; the first piece of
+  // it is named in validate()'s order and words.
+  constexpr void check_complete() const {
+    for (int s = 0; s < S_; ++s)
+      for (int m = 0; m < N_; ++m) {
+        const cell_state& c = cell_[key(s, m)];
+        if (c.forward_rank < 0)
+          throw std::invalid_argument(undone("a forward never runs", make_forward(s, m)));
+        if (t_.info.forward_only) continue;
+        if (c.backward_rank < 0)
+          throw std::invalid_argument(
+              undone("a backward (B or I) never runs", make_backward(s, m)));
+        if (c.deferred && !c.weight_done)
+          throw std::invalid_argument(
+              undone("a deferred weight gradient (W) never runs", make_backward_weight(s, m)));
+      }
+  }
+
+  [[nodiscard]] constexpr std::string undone(std::string_view what, const instruction& x) const {
+    std::string m = "dualpipe::simulate: the table runs to its end but leaves work undone: ";
+    m += what;
+    m += "; expected " + format_action(x);
+    if (const int owner = t_.rank_of(x.stage, x.microbatch); owner >= 0) {
+      m += " on rank ";
+      append_int(m, owner);
+    }
+    return m;
+  }
+
   // Names every rank that stopped and the input it waits for.
   [[nodiscard]] constexpr std::string stuck_message() const {
     std::string m =
@@ -518,8 +451,11 @@ class simulator {
 
 // Simulates one step of `table` under `costs`. Throws std::invalid_argument
 // for invalid costs, for a compute outside the table's sizes, for a second F,
-// B/I or W of one (stage, micro-batch), and for a table that cannot run to the
-// end (the message names every stopped rank and the input it waits for).
+// B/I or W of one (stage, micro-batch), for a table that cannot run to the
+// end (the message names every stopped rank and the input it waits for), and
+// for one that runs to its end but leaves a forward, a backward (B or I) or a
+// deferred W undone (the message names the first; forward-only tables owe
+// only forwards).
 [[nodiscard]] constexpr simulation simulate(table_view table, const cost_model& costs = {}) {
   return detail::simulator(table, costs).run();
 }

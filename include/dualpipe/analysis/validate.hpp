@@ -1,8 +1,8 @@
 // validate(table): is a table a correct pipeline step? Checks shape and
 // placement, exactly-once compute per (stage, micro-batch), causal order,
 // FIFO weight gradients, send/receive matching in posting order, and runs the
-// table under the blocking protocol to prove it cannot deadlock. constexpr:
-// usable in static_assert.
+// table under the blocking protocol to prove it cannot deadlock (or name the
+// ranks that wait for each other). constexpr: usable in static_assert.
 #pragma once
 
 #include <algorithm>
@@ -10,68 +10,16 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
+#include "dualpipe/analysis/validation.hpp"
 #include "dualpipe/schedule/action_syntax.hpp"
+#include "dualpipe/schedule/deferred_weights.hpp"
 #include "dualpipe/schedule/instruction.hpp"
 #include "dualpipe/schedule/table.hpp"
 
 namespace dualpipe {
-
-// Which rule a table breaks.
-enum class rule : std::uint8_t {
-  none,
-  shape,            // offsets or sizes inconsistent with the schedule info
-  out_of_range,     // stage, micro-batch or peer outside the table's sizes
-  wrong_rank,       // an instruction on a rank that does not own its stage
-  wrong_peer,       // communication with a rank that is not the neighbouring stage's
-  duplicate,        // a second F, B/I or W of one (stage, micro-batch)
-  missing,          // an F, B/I or W that never runs
-  backward_in_inference,  // B, I, W or an overlapped pair in a forward-only table
-  causality,        // compute before its input, send before its data
-  weight_order,     // W not naming the oldest deferred weight gradient
-  unmatched,        // a send or receive with no partner
-  mismatched,       // the k-th send and k-th receive between two ranks disagree
-  uncommitted,      // sends/receives posted but never committed
-  deadlock,         // the blocking protocol stops with work left
-};
-
-[[nodiscard]] constexpr std::string_view rule_name(rule r) noexcept {
-  switch (r) {
-    case rule::none: return "none";
-    case rule::shape: return "shape";
-    case rule::out_of_range: return "out-of-range";
-    case rule::wrong_rank: return "wrong-rank";
-    case rule::wrong_peer: return "wrong-peer";
-    case rule::duplicate: return "duplicate";
-    case rule::missing: return "missing";
-    case rule::backward_in_inference: return "backward-in-inference";
-    case rule::causality: return "causality";
-    case rule::weight_order: return "weight-order";
-    case rule::unmatched: return "unmatched";
-    case rule::mismatched: return "mismatched";
-    case rule::uncommitted: return "uncommitted";
-    case rule::deadlock: return "deadlock";
-  }
-  return "?";
-}
-
-struct violation {
-  rule broken = rule::none;
-  int rank = -1;            // the rank whose list holds the offending place
-  int index = -1;           // position in that rank's list (-1: none, e.g. missing)
-  instruction at{};         // the instruction found there
-  bool has_expected = false;
-  instruction expected{};   // what the rule expected instead, where one applies
-  int expected_rank = -1;   // where the expected instruction belongs
-  std::string_view what{};  // the rule, as a sentence
-};
-
-struct validation {
-  bool ok = true;
-  violation first{};
-  [[nodiscard]] constexpr explicit operator bool() const noexcept { return ok; }
-};
 
 namespace detail {
 
@@ -119,14 +67,8 @@ struct validator {
   }
 
   constexpr validation check_shape() const {
-    if (P <= 0 || S <= 0 || N <= 0)
-      return fail(rule::shape, -1, -1, {}, "the table has no ranks, stages or micro-batches");
-    if (t.offsets.size() != static_cast<std::size_t>(P) + 1 || t.offsets[0] != 0 ||
-        t.offsets[static_cast<std::size_t>(P)] != t.instructions.size())
-      return fail(rule::shape, -1, -1, {}, "the rank offsets do not cover the instructions");
-    for (int r = 0; r < P; ++r)
-      if (t.offsets[static_cast<std::size_t>(r)] > t.offsets[static_cast<std::size_t>(r) + 1])
-        return fail(rule::shape, r, -1, {}, "the rank offsets decrease");
+    if (const shape_problem why = shape_violation(t); !why.empty())
+      return fail(rule::shape, why.rank, -1, {}, why.what);
     for (int s = 0; s < S; ++s)
       for (const int m : {0, N - 1}) {
         const int owner = t.rank_of(s, m);
@@ -244,8 +186,7 @@ struct validator {
     int pc = 0;
     int batch_begin = -1;  // first op of the posted, uncommitted batch
     bool batch_launched = false;
-    std::size_t deferred_head = 0;
-    std::vector<std::pair<int, int>> deferred_fifo;
+    deferred_weights deferred;
   };
 
   // One compute (or the half of an overlapped pair): check or await inputs.
@@ -363,19 +304,28 @@ struct validator {
           if (st_f == step::done) st_b = backward_ready(r, i, x, x.stage_b, x.microbatch_b, out);
           break;
         case op::backward_weight: {
-          if (st.deferred_head >= st.deferred_fifo.size()) {
+          // A W moved above its own I: name that I rather than the queue's head.
+          if (!backward_done[key(x.stage, x.microbatch)] &&
+              std::find(list.begin() + i, list.end(), make_backward_input(x.stage, x.microbatch)) !=
+                  list.end()) {
+            out = fail(rule::weight_order, r, i, x,
+                       "a W runs before the I that defers its weight gradient",
+                       make_backward_input(x.stage, x.microbatch), r);
+            return false;
+          }
+          if (st.deferred.empty()) {
             out = fail(rule::weight_order, r, i, x, "a W with no deferred weight gradient left");
             return false;
           }
-          const auto [s, m] = st.deferred_fifo[st.deferred_head];
-          if (s != x.stage || m != x.microbatch) {
+          if (!st.deferred.admits(x.stage, x.microbatch)) {
+            const deferred_weight oldest = st.deferred.oldest();
             out = fail(rule::weight_order, r, i, x,
                        "a W that is not the oldest deferred weight gradient (FIFO)",
-                       make_backward_weight(s, m), r);
+                       make_backward_weight(oldest.stage, oldest.microbatch), r);
             return false;
           }
-          ++st.deferred_head;
-          weight_done[key(s, m)] = 1;
+          (void)st.deferred.pop();
+          weight_done[key(x.stage, x.microbatch)] = 1;
           break;
         }
         default: break;
@@ -390,7 +340,7 @@ struct validator {
           break;
         case op::backward_input:
           backward_done[key(x.stage, x.microbatch)] = 1;
-          st.deferred_fifo.emplace_back(x.stage, x.microbatch);
+          st.deferred.defer(x.stage, x.microbatch);
           break;
         case op::overlapped_forward_backward:
           forward_done[key(x.stage, x.microbatch)] = 1;
@@ -403,6 +353,102 @@ struct validator {
       progressed = true;
     }
     return true;
+  }
+
+  [[nodiscard]] constexpr int rank_holding(std::size_t global_index) const {
+    int r = 0;
+    while (t.offsets[static_cast<std::size_t>(r) + 1] <= global_index) ++r;
+    return r;
+  }
+
+  // The instruction of rank q that produces the forward output (or, with
+  // `backward`, the input gradient) of (s, m): F, B, I or an overlapped pair.
+  // A table may lack it; then the plain F or B names it.
+  [[nodiscard]] constexpr instruction producer(int q, bool backward, int s, int m) const {
+    if (q >= 0 && q < P)
+      for (const instruction& x : t.rank(q)) {
+        const bool f = (x.kind == op::forward || x.kind == op::overlapped_forward_backward) &&
+                       x.stage == s && x.microbatch == m;
+        const bool b =
+            ((x.kind == op::backward || x.kind == op::backward_input) && x.stage == s &&
+             x.microbatch == m) ||
+            (x.kind == op::overlapped_forward_backward && x.stage_b == s && x.microbatch_b == m);
+        if (backward ? b : f) return x;
+      }
+    return backward ? make_backward(s, m) : make_forward(s, m);
+  }
+
+  // What stopped rank r waits for. A commit waits only for the partner of a
+  // posted operation that its peer has not launched; a compute blocks only in
+  // a compute-only table, on an input produced on another rank.
+  [[nodiscard]] constexpr rank_wait waiting(int r, const rank_state& st) const {
+    const auto list = t.rank(r);
+    rank_wait w{r, st.pc, list[static_cast<std::size_t>(st.pc)], {}, -1};
+    const instruction& x = w.at;
+    if (x.kind == op::commit) {
+      for (int j = st.batch_begin; j < st.pc; ++j) {
+        if (!is_communication(list[static_cast<std::size_t>(j)].kind)) continue;
+        const auto p = static_cast<std::size_t>(partner[global(r, j)]);
+        if (launched[p]) continue;
+        w.awaited = t.instructions[p];
+        w.awaited_rank = rank_holding(p);
+        break;
+      }
+      return w;
+    }
+    // A forward waits for the previous stage's forward; a backward (or the
+    // backward half of a pair whose forward half could run) for the next
+    // stage's backward.
+    const bool pair = x.kind == op::overlapped_forward_backward;
+    const bool forward_blocked =
+        x.kind == op::forward ||
+        (pair && x.stage > 0 && !forward_done[key(x.stage - 1, x.microbatch)]);
+    int s = x.stage - 1, m = x.microbatch;
+    if (!forward_blocked) {
+      s = (pair ? x.stage_b : x.stage) + 1;
+      m = pair ? x.microbatch_b : x.microbatch;
+    }
+    w.awaited_rank = t.rank_of(s, m);
+    w.awaited = producer(w.awaited_rank, !forward_blocked, s, m);
+    return w;
+  }
+
+  // The protocol stopped with rank r (the lowest such) short of its end.
+  // Every stopped rank waits for one instruction on another rank: follow
+  // those waits until a rank repeats (a cycle, reported from its lowest rank
+  // in order) or the rank waited for has finished without the instruction
+  // (reported at the rank that waits for it).
+  [[nodiscard]] constexpr validation deadlock(const std::vector<rank_state>& ranks, int r) const {
+    std::vector<rank_wait> path;
+    std::vector<int> position(static_cast<std::size_t>(P), -1);
+    for (;;) {
+      position[static_cast<std::size_t>(r)] = static_cast<int>(path.size());
+      path.push_back(waiting(r, ranks[static_cast<std::size_t>(r)]));
+      const int q = path.back().awaited_rank;
+      if (q < 0 || q >= P ||
+          ranks[static_cast<std::size_t>(q)].pc >= static_cast<int>(t.rank(q).size()))
+        break;
+      if (const int first = position[static_cast<std::size_t>(q)]; first >= 0) {
+        path.erase(path.begin(), path.begin() + first);
+        std::rotate(path.begin(),
+                    std::min_element(
+                        path.begin(), path.end(),
+                        [](const rank_wait& a, const rank_wait& b) { return a.rank < b.rank; }),
+                    path.end());
+        const rank_wait& w = path.front();
+        validation v = fail(rule::deadlock, w.rank, w.index, w.at, "the ranks wait in a cycle",
+                            w.awaited, w.awaited_rank);
+        v.first.cycle = std::move(path);
+        return v;
+      }
+      r = q;
+    }
+    const rank_wait& w = path.back();
+    return fail(rule::deadlock, w.rank, w.index, w.at,
+                w.at.kind == op::commit
+                    ? "blocked at a commit: the peer never launches the matching operation"
+                    : "blocked: the input this instruction needs is never produced",
+                w.awaited, w.awaited_rank);
   }
 
   constexpr validation run() {
@@ -440,24 +486,7 @@ struct validator {
     for (int r = 0; r < P; ++r) {
       const rank_state& st = ranks[static_cast<std::size_t>(r)];
       const auto list = t.rank(r);
-      if (st.pc < static_cast<int>(list.size())) {
-        const instruction& x = list[static_cast<std::size_t>(st.pc)];
-        if (x.kind == op::commit) {
-          for (int j = st.batch_begin; j < st.pc; ++j) {
-            if (!is_communication(list[static_cast<std::size_t>(j)].kind)) continue;
-            const auto p = static_cast<std::size_t>(partner[global(r, j)]);
-            if (!launched[p]) {
-              int peer_rank = 0;
-              while (t.offsets[static_cast<std::size_t>(peer_rank) + 1] <= p) ++peer_rank;
-              return fail(rule::deadlock, r, st.pc, x,
-                          "blocked at a commit: the peer never launches the matching operation",
-                          t.instructions[p], peer_rank);
-            }
-          }
-        }
-        return fail(rule::deadlock, r, st.pc, x,
-                    "blocked: the input this instruction needs is never produced");
-      }
+      if (st.pc < static_cast<int>(list.size())) return deadlock(ranks, r);
       if (st.batch_begin >= 0)
         return fail(rule::uncommitted, r, st.batch_begin, list[static_cast<std::size_t>(st.batch_begin)],
                     "sends/receives posted after the last commit are never launched",
@@ -489,27 +518,6 @@ struct validator {
   detail::validator v{};
   v.t = table;
   return v.run();
-}
-
-// "rank 3, instruction 17 (3B5): a backward runs before its own forward;
-// expected 3F5 on rank 3" -- a whole sentence for logs and exceptions.
-[[nodiscard]] inline std::string describe(const validation& v) {
-  if (v.ok) return "ok";
-  const violation& f = v.first;
-  std::string out = "invalid schedule: ";
-  if (f.rank >= 0) {
-    out += "rank " + std::to_string(f.rank);
-    if (f.index >= 0) out += ", instruction " + std::to_string(f.index) + " (" + format_action(f.at) + ")";
-    out += ": ";
-  }
-  out += f.what;
-  if (f.has_expected) {
-    out += "; expected " + format_action(f.expected);
-    if (is_communication(f.expected.kind)) out += " with peer " + std::to_string(f.expected.peer);
-    if (f.expected_rank >= 0) out += " on rank " + std::to_string(f.expected_rank);
-  }
-  out += " [" + std::string(rule_name(f.broken)) + "]";
-  return out;
 }
 
 }  // namespace dualpipe

@@ -202,25 +202,6 @@ struct csv_stage_seen {
   std::size_t line = 0;
 };
 
-// The placement every table of a generated kind uses (none for custom).
-[[nodiscard]] constexpr std::optional<placement> placement_of_kind(schedule_kind kind) noexcept {
-  switch (kind) {
-    case schedule_kind::custom:
-      return std::nullopt;
-    case schedule_kind::dualpipe:
-      return placement::mirrored;
-    case schedule_kind::dualpipev:
-    case schedule_kind::zbv:
-      return placement::v_shape;
-    case schedule_kind::gpipe:
-    case schedule_kind::one_f_one_b:
-    case schedule_kind::zb1p:
-    case schedule_kind::interleaved_1f1b:
-      return placement::linear;
-  }
-  return std::nullopt;
-}
-
 inline schedule_table read_csv(std::string_view text, const schedule_info* given,
                                std::optional<schedule_kind> kind) {
   // Lines: a final '\n' ends the last line rather than starting an empty one;
@@ -270,7 +251,7 @@ inline schedule_table read_csv(std::string_view text, const schedule_info* given
   std::optional<placement> where;
   if (kind) {
     info.kind = *kind;
-    where = placement_of_kind(*kind);
+    if (!kind->is_custom()) where = kind->where;
   }
   if (given != nullptr) {
     info.kind = given->kind;
@@ -384,7 +365,7 @@ inline schedule_table read_csv(std::string_view text, const schedule_info* given
             throw csv_error(a.line, a.column,
                             "stage " + std::to_string(s) + " of micro-batch " + std::to_string(m) +
                                 " runs on rank " + std::to_string(r) + " here, but a " +
-                                schedule_name(*kind) + " table (placement " +
+                                std::string(kind->name) + " table (placement " +
                                 placement_name(info.where) + ") runs it on rank " +
                                 std::to_string(owner));
         }
@@ -426,9 +407,9 @@ inline schedule_table read_csv(std::string_view text, const schedule_info* given
   return detail::read_csv(text, nullptr, std::nullopt);
 }
 
-// As above, for a table the caller knows was made by `kind`'s generator: the
-// table gets that kind and its placement (mirrored for DualPipe, v-shape for
-// DualPipeV and ZB-V, linear for the others), so that exporting a generated
+// As above, for a table the caller knows was made by `kind`'s generator (e.g.
+// dualpipev_generator::kind, or a registry entry's kind): the table gets that
+// kind and its placement (kind.where), so that exporting a generated
 // table and reading it back with its kind gives an equal table. A stage found
 // on a rank that placement does not give it is a csv_error.
 [[nodiscard]] inline schedule_table read_csv(std::string_view text, schedule_kind kind) {

@@ -53,7 +53,7 @@ inline void append_json_string(std::string& out, std::string_view s) {
 [[nodiscard]] inline std::string format_json(table_view table, json_options options = {}) {
   const schedule_info& info = table.info;
   std::string out = "{\n  \"schedule\": ";
-  detail::append_json_string(out, schedule_name(info.kind));
+  detail::append_json_string(out, info.kind.name);
   out += ",\n  \"ranks\": " + std::to_string(info.ranks);
   out += ",\n  \"stages\": " + std::to_string(info.stages);
   out += ",\n  \"microbatches\": " + std::to_string(info.microbatches);

@@ -185,21 +185,6 @@ class svg_writer {
   std::string& out_;
 };
 
-// Whether (stage, micro-batch) is on its micro-batch's second leg.
-[[nodiscard]] constexpr bool svg_second_leg(const schedule_info& info, int stage, int mb) noexcept {
-  if (info.ranks <= 0) return false;
-  switch (info.where) {
-    case placement::mirrored:
-      return mb >= info.microbatches / 2;
-    case placement::v_shape:
-      return stage >= info.ranks;
-    case placement::linear:
-      return (stage / info.ranks) % 2 == 1;
-    default:
-      return false;
-  }
-}
-
 // Rough width of sans-serif text: enough to lay out labels without a font.
 [[nodiscard]] constexpr double svg_text_width(std::string_view s, double size) noexcept {
   return 0.62 * size * static_cast<double>(s.size());
@@ -304,6 +289,10 @@ class svg_writer {
   detail::append_svg_number(out, row * 0.6);
   out += "\">\n";
 
+  const schedule_info& shape = options.schedule;
+  const auto return_leg = [&shape](int stage, int mb) {
+    return on_return_leg(shape.where, shape.ranks, shape.microbatches, stage, mb);
+  };
   for (const timed_instruction& e : timeline) {
     const instruction& x = e.what;
     const detail::svg_kind_style& style = svg_style(x.kind);
@@ -328,15 +317,15 @@ class svg_writer {
       w.rect(cx, cy, cw, row, "none", "#000");
       if (options.numbers) {
         w.number_in(cx, cy, fw, row, x.microbatch,
-                    detail::svg_second_leg(options.schedule, x.stage, x.microbatch));
+                    return_leg(x.stage, x.microbatch));
         w.number_in(cx + fw, cy, cw - fw, row, x.microbatch_b,
-                    detail::svg_second_leg(options.schedule, x.stage_b, x.microbatch_b));
+                    return_leg(x.stage_b, x.microbatch_b));
       }
     } else {
       w.rect(cx, cy, cw, row, style.fill, "#000");
       if (options.numbers)
         w.number_in(cx, cy, cw, row, x.microbatch,
-                    detail::svg_second_leg(options.schedule, x.stage, x.microbatch));
+                    return_leg(x.stage, x.microbatch));
     }
     out += "</g>\n";
   }

@@ -21,12 +21,17 @@
 #include <vector>
 
 #include "dualpipe/analysis/validate.hpp"
-#include "dualpipe/runtime/errors.hpp"
+#include "dualpipe/passes/forward_only.hpp"
+#include "dualpipe/passes/lower_communication.hpp"
+#include "dualpipe/runtime/detail/buffer_pool.hpp"
+#include "dualpipe/runtime/detail/in_flight.hpp"
+#include "dualpipe/runtime/detail/rank_layout.hpp"
 #include "dualpipe/runtime/stage.hpp"
 #include "dualpipe/schedule/action_syntax.hpp"
+#include "dualpipe/schedule/deferred_weights.hpp"
 #include "dualpipe/schedule/instruction.hpp"
-#include "dualpipe/schedule/lower.hpp"
 #include "dualpipe/schedule/table.hpp"
+#include "dualpipe/transport/errors.hpp"
 #include "dualpipe/transport/transport.hpp"
 
 namespace dualpipe {
@@ -46,49 +51,6 @@ struct step_options {
 };
 
 namespace detail {
-
-// "0..9" for a contiguous run, else "0, 2, 5".
-[[nodiscard]] inline std::string describe_microbatches(const std::vector<int>& mbs) {
-  if (mbs.empty()) return "none";
-  bool contiguous = true;
-  for (std::size_t i = 1; i < mbs.size(); ++i) contiguous = contiguous && mbs[i] == mbs[i - 1] + 1;
-  if (contiguous && mbs.size() > 1)
-    return std::to_string(mbs.front()) + ".." + std::to_string(mbs.back());
-  std::string out;
-  for (const int m : mbs) {
-    if (!out.empty()) out += ", ";
-    out += std::to_string(m);
-  }
-  return out;
-}
-
-// The forward-only projection of one rank's list: the forwards and their
-// communication, in the same order; overlapped pairs keep their forward;
-// commits that would launch nothing disappear. DualPipe's generator emits
-// exactly this in forward-only mode, as the reference skips the backward
-// work of the same walk.
-[[nodiscard]] inline std::vector<instruction> forward_projection(std::span<const instruction> list) {
-  std::vector<instruction> out;
-  out.reserve(list.size());
-  bool posted = false;
-  for (const instruction& x : list) {
-    switch (x.kind) {
-      case op::forward:
-      case op::send_forward:
-      case op::recv_forward:
-        out.push_back(x);
-        posted = posted || is_communication(x.kind);
-        break;
-      case op::overlapped_forward_backward: out.push_back(make_forward(x.stage, x.microbatch)); break;
-      case op::commit:
-        if (posted) out.push_back(x);
-        posted = false;
-        break;
-      default: break;
-    }
-  }
-  return out;
-}
 
 // The loss values a step collects: nothing without a loss function.
 template <class Loss, class Tensor>
@@ -140,15 +102,19 @@ class executor {
   // and the objects must outlive the executor. On a bad table every rank is
   // stopped (transport.abort) and std::invalid_argument says why.
   template <class StageOf>
-    requires std::invocable<StageOf&, int> &&
-             std::same_as<std::invoke_result_t<StageOf&, int>, Stage&>
   executor(table_view table, Transport& transport, StageOf&& stage_of,
            executor_options options = {})
       : transport_(&transport), rank_(transport.rank()) {
+    static_assert(std::invocable<StageOf&, int>,
+                  "dualpipe::executor: stage_of must be callable with a stage number (int)");
+    if constexpr (std::invocable<StageOf&, int>)
+      static_assert(std::same_as<std::invoke_result_t<StageOf&, int>, Stage&>,
+                    "dualpipe::executor: stage_of(s) must return Stage& (a reference to the "
+                    "stage object, which outlives the executor); a lambda needs '-> Stage&'");
     try {
       setup(table, options);
-      stages_.reserve(local_stage_ids_.size());
-      for (const int s : local_stage_ids_) stages_.push_back(&std::invoke(stage_of, s));
+      stages_.reserve(layout_.local_stages().size());
+      for (const int s : layout_.local_stages()) stages_.push_back(&std::invoke(stage_of, s));
     } catch (const std::exception& e) {
       transport.abort(e.what());
       throw;
@@ -165,25 +131,25 @@ class executor {
     if constexpr (transport_with_deferred_completion<Transport>) {
       // Sent buffers of unfinished batches must outlive the transport's reads.
       if (transport_ != nullptr)
-        for (std::size_t k = ticket_head_; k < tickets_.size(); ++k) {
-          try {
-            transport_->wait(tickets_[k].ticket);
-          } catch (...) {
-            // A failed batch: nothing more can read the buffers.
-          }
-        }
+        in_flight_.drain([this](auto& ticket) { transport_->wait(ticket); });
     }
   }
 
   [[nodiscard]] int rank() const noexcept { return rank_; }
   [[nodiscard]] const schedule_info& info() const noexcept { return info_; }
   // Model stages held here, ascending.
-  [[nodiscard]] std::span<const int> local_stages() const noexcept { return local_stage_ids_; }
+  [[nodiscard]] std::span<const int> local_stages() const noexcept {
+    return layout_.local_stages();
+  }
   // Micro-batches whose first stage runs here: step() takes one input each,
   // in this order.
-  [[nodiscard]] std::span<const int> entering_microbatches() const noexcept { return entering_; }
+  [[nodiscard]] std::span<const int> entering_microbatches() const noexcept {
+    return layout_.entering();
+  }
   // Micro-batches whose last stage runs here: one label, loss and output each.
-  [[nodiscard]] std::span<const int> leaving_microbatches() const noexcept { return leaving_; }
+  [[nodiscard]] std::span<const int> leaving_microbatches() const noexcept {
+    return layout_.leaving();
+  }
   // This rank's instructions as it runs them (training, or forward-only).
   [[nodiscard]] std::span<const instruction> program(bool forward_only = false) const noexcept {
     return programs_[forward_only ? 1 : 0];
@@ -213,8 +179,8 @@ class executor {
   template <class Batch, class Split>
     requires std::invocable<Split&, const Batch&, int, int, tensor_type&>
   std::span<const tensor_type> split_inputs(const Batch& batch, Split&& split) {
-    split_inputs_.resize(entering_.size());
-    const int parts = static_cast<int>(entering_.size());
+    split_inputs_.resize(layout_.entering().size());
+    const int parts = static_cast<int>(layout_.entering().size());
     for (int i = 0; i < parts; ++i) split(batch, i, parts, split_inputs_[static_cast<std::size_t>(i)]);
     return split_inputs_;
   }
@@ -224,8 +190,8 @@ class executor {
   std::span<const label_type> split_labels(const Batch& batch, Split&& split) {
     static_assert(std::default_initializable<label_type>,
                   "dualpipe::executor::split_labels: the label type must be default-constructible");
-    split_labels_.resize(leaving_.size());
-    const int parts = static_cast<int>(leaving_.size());
+    split_labels_.resize(layout_.leaving().size());
+    const int parts = static_cast<int>(layout_.leaving().size());
     for (int i = 0; i < parts; ++i) split(batch, i, parts, split_labels_[static_cast<std::size_t>(i)]);
     return split_labels_;
   }
@@ -239,10 +205,6 @@ class executor {
 
  private:
   using ticket_type = decltype(std::declval<Transport&>().commit());
-  struct in_flight {
-    std::conditional_t<std::is_void_v<ticket_type>, int, ticket_type> ticket;
-    std::size_t buffers;  // how many entries of in_flight_buffers_ it holds
-  };
   static constexpr int none = -1;
 
   // The live buffers of one (local stage, micro-batch): pool indices.
@@ -280,63 +242,28 @@ class executor {
       const validation v = validate(table);
       if (!v.ok) throw std::invalid_argument("dualpipe::executor: " + describe(v));
     }
+    if (options.validate && !table.info.forward_only) {
+      try {
+        (void)forward_only_table(table);
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(std::string("dualpipe::executor: ") + e.what());
+      }
+    }
     info_ = table.info;
     info_.with_communication = true;
-    P_ = table.ranks();
     S_ = table.stages();
     N_ = table.microbatches();
 
     const std::span<const instruction> mine = table.rank(rank_);
     programs_[0].assign(mine.begin(), mine.end());
-    programs_[1] = detail::forward_projection(mine);
-    if (options.validate && !info_.forward_only) {
-      schedule_info fo = info_;
-      fo.forward_only = true;
-      schedule_table projected(fo);
-      for (int r = 0; r < P_; ++r) {
-        for (const instruction& x : detail::forward_projection(table.rank(r))) projected.push(x);
-        projected.end_rank();
-      }
-      if (!table.stage_ranks.empty())
-        projected.set_stage_ranks({table.stage_ranks.begin(), table.stage_ranks.end()});
-      const validation v = validate(projected.view());
-      if (!v.ok)
-        throw std::invalid_argument(
-            "dualpipe::executor: the table's forward-only projection (its forwards and their "
-            "communication) is not a valid schedule, so it cannot run inference: " +
-            describe(v));
-    }
+    programs_[1] = forward_projection(mine);
+    layout_ = detail::rank_layout(info_, table.stage_ranks, rank_, programs_[0]);
 
-    // Which stages this rank holds, and where every micro-batch's data lives.
-    stage_ranks_.assign(table.stage_ranks.begin(), table.stage_ranks.end());
-    local_index_.assign(static_cast<std::size_t>(S_), none);
-    for (const instruction& x : programs_[0]) {
-      if (x.kind == op::commit) continue;
-      mark_local(x.stage, x);
-      if (x.kind == op::overlapped_forward_backward) mark_local(x.stage_b, x);
-    }
-    int next = 0;
-    for (int s = 0; s < S_; ++s)
-      if (local_index_[static_cast<std::size_t>(s)] != none) {
-        local_index_[static_cast<std::size_t>(s)] = next++;
-        local_stage_ids_.push_back(s);
-      }
-    enter_index_.assign(static_cast<std::size_t>(N_), none);
-    leave_index_.assign(static_cast<std::size_t>(N_), none);
-    for (int m = 0; m < N_; ++m) {
-      if (owner(0, m) == rank_) {
-        enter_index_[static_cast<std::size_t>(m)] = static_cast<int>(entering_.size());
-        entering_.push_back(m);
-      }
-      if (owner(S_ - 1, m) == rank_) {
-        leave_index_[static_cast<std::size_t>(m)] = static_cast<int>(leaving_.size());
-        leaving_.push_back(m);
-      }
-    }
-    slots_.assign(local_stage_ids_.size() * static_cast<std::size_t>(N_), slot{});
-    deferred_.assign(local_stage_ids_.size() * static_cast<std::size_t>(N_) + 1, {none, none});
-    losses_.resize(leaving_.size());
-    outputs_.resize(leaving_.size());
+    const std::size_t cells = layout_.local_stages().size() * static_cast<std::size_t>(N_);
+    slots_.assign(cells, slot{});
+    deferred_.reserve(cells);
+    losses_.resize(layout_.leaving().size());
+    outputs_.resize(layout_.leaving().size());
     std::size_t max_batch = 0, batch = 0;
     for (const instruction& x : programs_[0]) {
       if (is_send(x.kind)) ++batch;
@@ -344,23 +271,12 @@ class executor {
       max_batch = std::max(max_batch, batch);
     }
     sent_.reserve(max_batch);
-    if constexpr (transport_with_deferred_completion<Transport>) {
-      tickets_.reserve(programs_[0].size());
-      in_flight_buffers_.reserve(programs_[0].size());
-    }
+    if constexpr (transport_with_deferred_completion<Transport>) in_flight_.reserve(programs_[0].size());
 
     // Preallocation: walk both programs without calling anything, so the
     // pool holds the most buffers any step needs before the first step.
     if (!info_.forward_only) dry_walk(false);
     dry_walk(true);
-  }
-
-  void mark_local(int stage, const instruction& x) {
-    if (stage < 0 || stage >= S_)
-      throw std::invalid_argument("dualpipe::executor: rank " + std::to_string(rank_) + ": " +
-                                  format_action(x) + " names stage " + std::to_string(stage) +
-                                  ", outside the table's 0.." + std::to_string(S_ - 1));
-    local_index_[static_cast<std::size_t>(stage)] = 0;
   }
 
   void dry_walk(bool forward_only) {
@@ -393,7 +309,7 @@ class executor {
       transport_->abort(here() + " failed with an exception of unknown type");
       throw;
     }
-    result_.microbatches = leaving_;
+    result_.microbatches = layout_.leaving();
     result_.losses = ctx.loss != nullptr ? std::span<const loss_value_type>(losses_)
                                          : std::span<const loss_value_type>();
     result_.outputs = ctx.return_outputs ? std::span<tensor_type>(outputs_) : std::span<tensor_type>();
@@ -408,23 +324,23 @@ class executor {
     if (!ctx.forward_only && info_.forward_only)
       throw std::invalid_argument(here() + ": the table is forward-only (inference); a training "
                                            "step needs a training table, or pass forward_only");
-    if (ctx.inputs.size() != entering_.size())
+    if (ctx.inputs.size() != layout_.entering().size())
       throw std::invalid_argument(
           here() + " runs the first stage (stage 0) of micro-batches " +
-          detail::describe_microbatches(entering_) + " (" + std::to_string(entering_.size()) +
+          detail::describe_microbatches(layout_.entering()) + " (" + std::to_string(layout_.entering().size()) +
           " of them) and needs one input each, but step() was given " +
           std::to_string(ctx.inputs.size()));
-    if (leaving_.empty()) return;
+    if (layout_.leaving().empty()) return;
     if (ctx.loss == nullptr && !ctx.forward_only)
       throw std::invalid_argument(
           here() + " runs the last stage (stage " + std::to_string(S_ - 1) +
-          ") of micro-batches " + detail::describe_microbatches(leaving_) +
+          ") of micro-batches " + detail::describe_microbatches(layout_.leaving()) +
           ": a training step needs a loss function there");
-    if (ctx.loss != nullptr && ctx.labels.size() != leaving_.size())
+    if (ctx.loss != nullptr && ctx.labels.size() != layout_.leaving().size())
       throw std::invalid_argument(
           here() + " runs the last stage (stage " + std::to_string(S_ - 1) +
-          ") of micro-batches " + detail::describe_microbatches(leaving_) + " (" +
-          std::to_string(leaving_.size()) + " of them) and needs one label each for the loss, "
+          ") of micro-batches " + detail::describe_microbatches(layout_.leaving()) + " (" +
+          std::to_string(layout_.leaving().size()) + " of them) and needs one label each for the loss, "
           "but step() was given " + std::to_string(ctx.labels.size()));
   }
 
@@ -439,7 +355,7 @@ class executor {
     for (int& b : sent_) release(b);
     sent_.clear();
     pending_receives_ = 0;
-    deferred_head_ = deferred_tail_ = 0;
+    deferred_.clear();
     poll_in_flight();
   }
 
@@ -472,13 +388,14 @@ class executor {
     if (!sent_.empty() || pending_receives_ > 0)
       throw std::invalid_argument(here() + ": the table ends with sends or receives posted but "
                                            "never committed");
-    if (deferred_head_ != deferred_tail_) {
-      const auto [s, m] = deferred_[deferred_head_];
+    if (!deferred_.empty()) {
+      const deferred_weight w = deferred_.oldest();
       throw std::invalid_argument(here() + ": the table ends with the weight gradient of " +
-                                  format_action(make_backward_input(s, m)) +
+                                  format_action(make_backward_input(w.stage, w.microbatch)) +
                                   " deferred but never run (no W)");
     }
-    for (std::size_t ls = 0; ls < local_stage_ids_.size(); ++ls)
+    const std::span<const int> local = layout_.local_stages();
+    for (std::size_t ls = 0; ls < local.size(); ++ls)
       for (int m = 0; m < N_; ++m) {
         const slot& sl = slots_[ls * static_cast<std::size_t>(N_) + static_cast<std::size_t>(m)];
         const char* left = sl.input != none         ? "an input no forward used"
@@ -488,29 +405,17 @@ class executor {
                                                     : nullptr;
         if (left != nullptr)
           throw std::invalid_argument(here() + ": the step ends with " + left + " of stage " +
-                                      std::to_string(local_stage_ids_[ls]) + ", micro-batch " +
+                                      std::to_string(local[ls]) + ", micro-batch " +
                                       std::to_string(m));
       }
   }
 
   // --- instructions ------------------------------------------------------
 
-  [[nodiscard]] int owner(int stage, int mb) const noexcept {
-    if (stage < 0 || stage >= S_) return none;
-    switch (info_.where) {
-      case placement::linear: return stage % P_;
-      case placement::v_shape: return stage < P_ ? stage : 2 * P_ - 1 - stage;
-      case placement::mirrored: return mb < N_ / 2 ? stage : P_ - 1 - stage;
-      case placement::explicit_map:
-        return static_cast<std::size_t>(stage) < stage_ranks_.size()
-                   ? stage_ranks_[static_cast<std::size_t>(stage)]
-                   : none;
-    }
-    return none;
-  }
+  [[nodiscard]] int owner(int stage, int mb) const noexcept { return layout_.owner(stage, mb); }
 
   slot& at(int stage, int mb) {
-    const int ls = stage >= 0 && stage < S_ ? local_index_[static_cast<std::size_t>(stage)] : none;
+    const int ls = layout_.local_index(stage);
     if (ls == none || mb < 0 || mb >= N_)
       throw std::invalid_argument("dualpipe::executor: rank " + std::to_string(rank_) +
                                   " holds no stage " + std::to_string(stage) +
@@ -519,7 +424,7 @@ class executor {
                   static_cast<std::size_t>(mb)];
   }
   Stage& stage_object(int stage) {
-    return *stages_[static_cast<std::size_t>(local_index_[static_cast<std::size_t>(stage)])];
+    return *stages_[static_cast<std::size_t>(layout_.local_index(stage))];
   }
 
   [[noreturn]] void fail(const instruction& x, std::size_t index, const std::string& why) const {
@@ -549,29 +454,16 @@ class executor {
     }
   }
 
-  int acquire() {
-    if (free_.empty()) {
-      pool_.emplace_back();  // warm-up only: the pool was sized from the table
-      free_.reserve(pool_.size());
-      return static_cast<int>(pool_.size()) - 1;
-    }
-    const int b = free_.back();
-    free_.pop_back();
-    return b;
-  }
-  void release(int& b) {
-    if (b == none) return;
-    free_.push_back(b);
-    b = none;
-  }
-  tensor_type& buffer(int b) { return pool_[static_cast<std::size_t>(b)]; }
+  int acquire() { return pool_.acquire(); }
+  void release(int& b) { pool_.release(b); }
+  tensor_type& buffer(int b) { return pool_[b]; }
 
   // The forward's input: the user's tensor on stage 0, else a received or
   // handed-over buffer.
   const tensor_type* forward_input(const instruction& x, std::size_t index, int s, int m,
                                    const step_context& ctx, int& input_buffer) {
     if (s == 0) {
-      const int e = enter_index_[static_cast<std::size_t>(m)];
+      const int e = layout_.enter_index(m);
       if (e == none) fail(x, index, "micro-batch " + std::to_string(m) + " does not enter here");
       return ctx.inputs.empty() ? nullptr : &ctx.inputs[static_cast<std::size_t>(e)];
     }
@@ -589,7 +481,7 @@ class executor {
   void forward_done(const instruction& x, std::size_t index, int s, int m, int out,
                     const step_context& ctx) {
     if (s == S_ - 1) {
-      const int li = leave_index_[static_cast<std::size_t>(m)];
+      const int li = layout_.leave_index(m);
       if (li == none) fail(x, index, "micro-batch " + std::to_string(m) + " does not leave here");
       if constexpr (!Dry && !std::same_as<Loss, no_loss>) {
         if (ctx.loss != nullptr)
@@ -638,7 +530,7 @@ class executor {
     if (s == S_ - 1) {
       if (sl.output == none)
         fail(x, index, "the backward of the last stage runs before its forward");
-      const int li = leave_index_[static_cast<std::size_t>(m)];
+      const int li = layout_.leave_index(m);
       const int seed = acquire();
       if constexpr (!Dry && !std::same_as<Loss, no_loss>)
         user_call(x, index, "the loss gradient", [&] {
@@ -676,12 +568,6 @@ class executor {
     }
   }
 
-  void defer_weight(const instruction& x, std::size_t index, int s, int m) {
-    if (deferred_tail_ >= deferred_.size())
-      fail(x, index, "more deferred weight gradients than stages times micro-batches");
-    deferred_[deferred_tail_++] = {s, m};
-  }
-
   template <bool Dry>
   void run_backward(const instruction& x, std::size_t index, const step_context& ctx, int s,
                     int m, op kind) {
@@ -697,24 +583,21 @@ class executor {
                   [&] { stage_object(s).backward(m, buffer(seed), buffer(in_grad)); });
     }
     release(seed);
-    if (kind == op::backward_input) defer_weight(x, index, s, m);
+    if (kind == op::backward_input) deferred_.defer(s, m);
     backward_done(x, index, s, m, in_grad);
   }
 
   template <bool Dry>
   void run_weight(const instruction& x, std::size_t index) {
-    if (deferred_head_ == deferred_tail_)
-      fail(x, index, "no weight gradient is deferred (no I before it)");
-    // Plain names, not a structured binding: lambdas below capture them
-    // (clang before 16 cannot capture bindings).
-    const int s = deferred_[deferred_head_].first;
-    const int m = deferred_[deferred_head_].second;
-    if (s != x.stage || m != x.microbatch)
+    if (deferred_.empty()) fail(x, index, "no weight gradient is deferred (no I before it)");
+    if (!deferred_.admits(x.stage, x.microbatch)) {
+      const deferred_weight oldest = deferred_.oldest();
       fail(x, index, "the oldest deferred weight gradient is that of " +
-                         format_action(make_backward_input(s, m)) +
+                         format_action(make_backward_input(oldest.stage, oldest.microbatch)) +
                          "; weight gradients run first-in first-out");
-    ++deferred_head_;
-    if (deferred_head_ == deferred_tail_) deferred_head_ = deferred_tail_ = 0;
+    }
+    (void)deferred_.pop();
+    const int s = x.stage, m = x.microbatch;
     if constexpr (!Dry)
       user_call(x, index, "backward_weight", [&] { stage_object(s).backward_weight(m); });
   }
@@ -773,9 +656,7 @@ class executor {
     pending_receives_ = 0;
     if constexpr (!Dry) {
       if constexpr (transport_with_deferred_completion<Transport>) {
-        auto ticket = transport_->commit();
-        tickets_.push_back({std::move(ticket), sent_.size()});
-        in_flight_buffers_.insert(in_flight_buffers_.end(), sent_.begin(), sent_.end());
+        in_flight_.push(transport_->commit(), sent_);
         sent_.clear();
         poll_in_flight();
         return;
@@ -790,19 +671,9 @@ class executor {
   // Recycles the sent buffers of batches a deferred-completion transport
   // has finished with, oldest first.
   void poll_in_flight() {
-    if constexpr (transport_with_deferred_completion<Transport>) {
-      while (ticket_head_ < tickets_.size() && transport_->complete(tickets_[ticket_head_].ticket)) {
-        for (std::size_t k = 0; k < tickets_[ticket_head_].buffers; ++k)
-          release(in_flight_buffers_[buffer_head_ + k]);
-        buffer_head_ += tickets_[ticket_head_].buffers;
-        ++ticket_head_;
-      }
-      if (ticket_head_ == tickets_.size()) {
-        tickets_.clear();
-        in_flight_buffers_.clear();
-        ticket_head_ = buffer_head_ = 0;
-      }
-    }
+    if constexpr (transport_with_deferred_completion<Transport>)
+      in_flight_.retire([this](auto& ticket) { return transport_->complete(ticket); },
+                        [this](int& b) { release(b); });
   }
 
   // --- state ---------------------------------------------------------------
@@ -810,25 +681,18 @@ class executor {
   Transport* transport_;
   int rank_;
   schedule_info info_{};
-  int P_ = 0, S_ = 0, N_ = 0;
+  int S_ = 0, N_ = 0;
   std::vector<instruction> programs_[2];  // training, forward-only
-  std::vector<std::int32_t> stage_ranks_;
-  std::vector<int> local_index_;  // per stage: index into stages_, or none
-  std::vector<int> local_stage_ids_;
-  std::vector<Stage*> stages_;
-  std::vector<int> entering_, leaving_;
-  std::vector<int> enter_index_, leave_index_;  // per micro-batch: index, or none
+  detail::rank_layout layout_;
+  std::vector<Stage*> stages_;  // per local stage
 
-  std::deque<tensor_type> pool_;  // a deque: growing it moves no buffer
-  std::vector<int> free_;
+  detail::buffer_pool<tensor_type> pool_;
   std::vector<slot> slots_;  // local stage * N + micro-batch
-  std::vector<std::pair<int, int>> deferred_;  // FIFO of (stage, micro-batch)
-  std::size_t deferred_head_ = 0, deferred_tail_ = 0;
+  deferred_weights deferred_;
   std::vector<int> sent_;  // buffers posted in the current batch
   int pending_receives_ = 0;
-  std::vector<in_flight> tickets_;
-  std::vector<int> in_flight_buffers_;
-  std::size_t ticket_head_ = 0, buffer_head_ = 0;
+  detail::in_flight_batches<std::conditional_t<std::is_void_v<ticket_type>, int, ticket_type>>
+      in_flight_;
 
   std::vector<loss_value_type> losses_;
   std::vector<tensor_type> outputs_;

@@ -4,12 +4,10 @@
 #pragma once
 
 #include <cstdint>
-#include <stdexcept>
 #include <string_view>
-#include <utility>
-#include <vector>
 
 #include "dualpipe/schedule/build.hpp"
+#include "dualpipe/schedule/deferred_weights.hpp"
 #include "dualpipe/schedule/instruction.hpp"
 #include "dualpipe/schedule/options.hpp"
 #include "dualpipe/schedule/table.hpp"
@@ -33,21 +31,6 @@ namespace detail {
   if (microbatches < 2 * ranks) return "needs at least twice as many micro-batches as ranks (N >= 2P)";
   return {};
 }
-
-// First-in first-out record of deferred weight gradients, as the reference's
-// WeightGradStore queue.
-class deferred_weights {
- public:
-  constexpr void push(int stage, int mb) { items_.emplace_back(stage, mb); }
-  [[nodiscard]] constexpr std::pair<int, int> pop() {
-    if (head_ >= items_.size()) throw std::logic_error("dualpipe: W with no deferred weight gradient");
-    return items_[head_++];
-  }
-
- private:
-  std::vector<std::pair<int, int>> items_;
-  std::size_t head_ = 0;
-};
 
 // One rank's walk through the reference algorithm. "phase" is the rank-local
 // name of a direction (a second-half DualPipe rank swaps them); compute and
@@ -228,7 +211,7 @@ class dualpipe_rank_walk {
     const int stage = stage_of(dir);
     const int mb = microbatch_of(dir, count_[dir].backward++);
     if (defer_weight) {
-      deferred_.push(stage, mb);
+      deferred_.defer(stage, mb);
       emit_(make_backward_input(stage, mb));
     } else {
       emit_(make_backward(stage, mb));
@@ -270,8 +253,8 @@ class dualpipe_rank_walk {
   constexpr void weight_chunk() {
     if (opt_.forward_only) return;
     commit();
-    const auto [stage, mb] = deferred_.pop();
-    emit_(make_backward_weight(stage, mb));
+    const deferred_weight oldest = deferred_.pop();
+    emit_(make_backward_weight(oldest.stage, oldest.microbatch));
   }
 
   int P_, N_;
@@ -287,36 +270,52 @@ class dualpipe_rank_walk {
 
 }  // namespace detail
 
-// DualPipe (v_shape = false) or DualPipeV (v_shape = true) on `ranks` ranks
-// with `microbatches` micro-batches. A structural type: usable as a template
-// argument of make_static_table.
+// DualPipe on `ranks` ranks with `microbatches` micro-batches: rank r holds
+// stages r and P-1-r, half the micro-batches enter at each end. A structural
+// type: usable as a template argument of make_static_table. It emits its own
+// communication (emit_rank), in the reference's order.
 struct dualpipe_generator {
   std::int32_t ranks = 0;
   std::int32_t microbatches = 0;
-  bool v_shape = false;
   generator_options options{};
 
-  // Throws std::invalid_argument naming the broken constraint.
-  constexpr void check() const {
-    detail::throw_if_violated(v_shape ? "DualPipeV" : "DualPipe",
-                              detail::dualpipe_violation(ranks, microbatches, v_shape), ranks,
-                              microbatches);
-  }
+  static constexpr schedule_kind kind{"dualpipe", "DualPipe", placement::mirrored};
+  static constexpr std::string_view summary =
+      "DualPipe: rank r holds stages r and P-1-r; P even, N even, N >= 2P";
 
-  [[nodiscard]] constexpr schedule_info info() const {
-    check();
-    return {v_shape ? schedule_kind::dualpipev : schedule_kind::dualpipe,
-            ranks,
-            v_shape ? 2 * ranks : ranks,
-            microbatches,
-            v_shape ? placement::v_shape : placement::mirrored,
-            options.forward_only,
-            options.with_communication};
+  // The first rule (P, N) break, as a sentence, or an empty view.
+  [[nodiscard]] constexpr std::string_view violation() const noexcept {
+    return detail::dualpipe_violation(ranks, microbatches, false);
   }
+  [[nodiscard]] constexpr int stages() const noexcept { return ranks; }
 
   template <class Emit>
   constexpr void emit_rank(int rank, Emit emit) const {
-    detail::dualpipe_rank_walk<Emit>(ranks, microbatches, v_shape, options, rank, emit).run();
+    detail::dualpipe_rank_walk<Emit>(ranks, microbatches, false, options, rank, emit).run();
+  }
+};
+
+// DualPipeV (the V-shape "cut-in-half" DualPipe) on `ranks` ranks: 2P stages
+// in a V, rank r holding stages r and 2P-1-r, every micro-batch entering at
+// rank 0. Same walk as DualPipe, folded.
+struct dualpipev_generator {
+  std::int32_t ranks = 0;
+  std::int32_t microbatches = 0;
+  generator_options options{};
+
+  static constexpr schedule_kind kind{"dualpipev", "DualPipeV", placement::v_shape};
+  static constexpr std::string_view summary =
+      "DualPipeV: 2P stages in a V, rank r holds r and 2P-1-r; N >= 2P";
+
+  // The first rule (P, N) break, as a sentence, or an empty view.
+  [[nodiscard]] constexpr std::string_view violation() const noexcept {
+    return detail::dualpipe_violation(ranks, microbatches, true);
+  }
+  [[nodiscard]] constexpr int stages() const noexcept { return 2 * ranks; }
+
+  template <class Emit>
+  constexpr void emit_rank(int rank, Emit emit) const {
+    detail::dualpipe_rank_walk<Emit>(ranks, microbatches, true, options, rank, emit).run();
   }
 };
 
@@ -325,48 +324,21 @@ namespace schedules {
 // Run time: throws std::invalid_argument for an invalid (P, N).
 [[nodiscard]] inline schedule_table dualpipe(int ranks, int microbatches,
                                              generator_options options = {}) {
-  return make_table(dualpipe_generator{ranks, microbatches, false, options});
+  return make_table(dualpipe_generator{ranks, microbatches, options});
 }
 [[nodiscard]] inline schedule_table dualpipev(int ranks, int microbatches,
                                               generator_options options = {}) {
-  return make_table(dualpipe_generator{ranks, microbatches, true, options});
+  return make_table(dualpipev_generator{ranks, microbatches, options});
 }
 
-// Compile time: an invalid (P, N) is a compile error that says which rule it breaks.
+// Compile time: sizes that break a rule are a compile error that names it.
 template <int P, int N, generator_options Options = generator_options{}>
 [[nodiscard]] constexpr auto dualpipe_table() {
-  static_assert(P >= 2, "dualpipe_table<P, N>: DualPipe needs at least 2 ranks (P >= 2)");
-  static_assert(P % 2 == 0,
-                "dualpipe_table<P, N>: DualPipe needs an even number of ranks (P even): rank r "
-                "pairs with its mirror P-1-r");
-  static_assert(P <= max_ranks, "dualpipe_table<P, N>: at most 16384 ranks are supported");
-  static_assert(N % 2 == 0,
-                "dualpipe_table<P, N>: DualPipe needs an even number of micro-batches (N even): "
-                "half enter at each end");
-  static_assert(N >= 2 * P,
-                "dualpipe_table<P, N>: DualPipe needs at least twice as many micro-batches as "
-                "ranks (N >= 2P)");
-  static_assert(N <= max_microbatches,
-                "dualpipe_table<P, N>: at most 4194304 micro-batches are supported");
-  if constexpr (detail::dualpipe_violation(P, N, false).empty())
-    return make_static_table<dualpipe_generator{P, N, false, Options}>();
-  else
-    return static_table<0, 0>{};
+  return make_checked_static_table<dualpipe_generator{P, N, Options}>();
 }
-
 template <int P, int N, generator_options Options = generator_options{}>
 [[nodiscard]] constexpr auto dualpipev_table() {
-  static_assert(P >= 2, "dualpipev_table<P, N>: DualPipeV needs at least 2 ranks (P >= 2)");
-  static_assert(P <= max_ranks, "dualpipev_table<P, N>: at most 16384 ranks are supported");
-  static_assert(N >= 2 * P,
-                "dualpipev_table<P, N>: DualPipeV needs at least twice as many micro-batches as "
-                "ranks (N >= 2P)");
-  static_assert(N <= max_microbatches,
-                "dualpipev_table<P, N>: at most 4194304 micro-batches are supported");
-  if constexpr (detail::dualpipe_violation(P, N, true).empty())
-    return make_static_table<dualpipe_generator{P, N, true, Options}>();
-  else
-    return static_table<0, 0>{};
+  return make_checked_static_table<dualpipev_generator{P, N, Options}>();
 }
 
 }  // namespace schedules

@@ -6,6 +6,7 @@
 // stages front to back one round at a time, backwards back to front.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
@@ -13,8 +14,8 @@
 
 #include "dualpipe/schedule/build.hpp"
 #include "dualpipe/schedule/instruction.hpp"
-#include "dualpipe/schedule/lower.hpp"
 #include "dualpipe/schedule/options.hpp"
+#include "dualpipe/schedule/request.hpp"
 #include "dualpipe/schedule/table.hpp"
 
 namespace dualpipe {
@@ -24,15 +25,12 @@ namespace detail {
 // The first constraint (P, N, V) breaks, as a sentence, or an empty view.
 [[nodiscard]] constexpr std::string_view interleaved_1f1b_violation(
     std::int64_t ranks, std::int64_t microbatches, std::int64_t virtual_stages) noexcept {
-  if (ranks < 1) return "needs at least 1 rank (P >= 1)";
-  if (ranks > max_ranks) return "supports at most 16384 ranks (P <= 16384)";
+  if (const std::string_view limit = size_limit_violation(ranks, microbatches); !limit.empty())
+    return limit;
   if (virtual_stages < 2)
     return "needs at least 2 stages per rank (V >= 2); with one stage per rank use 1F1B";
   if (ranks * virtual_stages > max_ranks)
     return "supports at most 16384 stages in all (P*V <= 16384)";
-  if (microbatches < 1) return "needs at least 1 micro-batch (N >= 1)";
-  if (microbatches > max_microbatches)
-    return "supports at most 4194304 micro-batches (N <= 4194304)";
   if (microbatches % ranks != 0)
     return "needs the number of micro-batches to be a multiple of the number of ranks (N % P == "
            "0), as Megatron-LM requires: micro-batches enter in rounds of P";
@@ -50,25 +48,28 @@ struct interleaved_1f1b_generator {
   std::int32_t virtual_stages = 0;
   generator_options options{};
 
-  // Throws std::invalid_argument naming the broken constraint.
-  constexpr void check() const {
-    detail::throw_if_violated(
-        "interleaved 1F1B", detail::interleaved_1f1b_violation(ranks, microbatches, virtual_stages),
-        ranks, microbatches, "V", virtual_stages);
+  static constexpr schedule_kind kind{"interleaved-1f1b", "interleaved 1F1B", placement::linear};
+  static constexpr std::string_view summary =
+      "interleaved 1F1B (Megatron virtual pipeline): V stages per rank, stage s on rank s % P; "
+      "N a multiple of P";
+  static constexpr schedule_parameter parameters[] = {
+      {"virtual-stages", "model stages per rank (V >= 2), for interleaved-1f1b", 2},
+  };
+  [[nodiscard]] static interleaved_1f1b_generator from_request(
+      const schedule_request& q) {
+    return {q.ranks, q.microbatches, q.parameter("virtual-stages"), q.options};
+  }
+  [[nodiscard]] constexpr std::array<given_size, 3> given() const noexcept {
+    return {{{"P", ranks}, {"N", microbatches}, {"V", virtual_stages}}};
   }
 
-  [[nodiscard]] constexpr schedule_info info() const {
-    check();
-    return {schedule_kind::interleaved_1f1b,
-            ranks,
-            ranks * virtual_stages,
-            microbatches,
-            placement::linear,
-            options.forward_only,
-            options.with_communication};
+  // The first rule the sizes break, as a sentence, or an empty view.
+  [[nodiscard]] constexpr std::string_view violation() const noexcept {
+    return detail::interleaved_1f1b_violation(ranks, microbatches, virtual_stages);
   }
+  [[nodiscard]] constexpr int stages() const noexcept { return ranks * virtual_stages; }
 
-  // The compute order of one rank, without communication.
+  // The compute order of one rank; build.hpp places the communication.
   template <class Emit>
   constexpr void emit_compute_rank(int rank, Emit emit) const {
     const int P = ranks, V = virtual_stages;
@@ -100,16 +101,6 @@ struct interleaved_1f1b_generator {
     }
     for (int k = local_work - warm_up; k < local_work; ++k) backward(k);
   }
-
-  template <class Emit>
-  constexpr void emit_rank(int rank, Emit emit) const {
-    detail::emit_generated_rank(*this, rank, emit);
-  }
-  // All ranks in one pass: the lowering simulates them together.
-  template <class Emit, class EndRank>
-  constexpr void emit_ranks(Emit emit, EndRank end_rank) const {
-    detail::emit_generated_ranks(*this, emit, end_rank);
-  }
 };
 
 namespace schedules {
@@ -118,36 +109,14 @@ namespace schedules {
 [[nodiscard]] inline schedule_table interleaved_1f1b(int ranks, int microbatches,
                                                      int virtual_stages,
                                                      generator_options options = {}) {
-  return detail::make_generated_table(
+  return make_table(
       interleaved_1f1b_generator{ranks, microbatches, virtual_stages, options});
 }
 
-// Compile time: an invalid (P, N, V) is a compile error that says which rule it breaks.
+// Compile time: sizes that break a rule are a compile error that names it.
 template <int P, int N, int V, generator_options Options = generator_options{}>
 [[nodiscard]] constexpr auto interleaved_1f1b_table() {
-  static_assert(P >= 1, "interleaved_1f1b_table<P, N, V>: interleaved 1F1B needs at least 1 rank "
-                        "(P >= 1)");
-  static_assert(P <= max_ranks,
-                "interleaved_1f1b_table<P, N, V>: at most 16384 ranks are supported");
-  static_assert(V >= 2,
-                "interleaved_1f1b_table<P, N, V>: interleaved 1F1B needs at least 2 stages per "
-                "rank (V >= 2); with one stage per rank use one_f_one_b_table");
-  static_assert(static_cast<long long>(P) * V <= max_ranks,
-                "interleaved_1f1b_table<P, N, V>: at most 16384 stages in all are supported "
-                "(P*V <= 16384)");
-  static_assert(N >= 1,
-                "interleaved_1f1b_table<P, N, V>: interleaved 1F1B needs at least 1 micro-batch "
-                "(N >= 1)");
-  static_assert(N <= max_microbatches,
-                "interleaved_1f1b_table<P, N, V>: at most 4194304 micro-batches are supported");
-  static_assert(P < 1 || N % P == 0,
-                "interleaved_1f1b_table<P, N, V>: interleaved 1F1B needs the number of "
-                "micro-batches to be a multiple of the number of ranks (N % P == 0), as "
-                "Megatron-LM requires: micro-batches enter in rounds of P");
-  if constexpr (detail::interleaved_1f1b_violation(P, N, V).empty())
-    return make_static_table<interleaved_1f1b_generator{P, N, V, Options}>();
-  else
-    return static_table<0, 0>{};
+  return make_checked_static_table<interleaved_1f1b_generator{P, N, V, Options}>();
 }
 
 }  // namespace schedules

@@ -1,19 +1,17 @@
-// Communication lowering: turns a compute-only table (generated here, or
-// imported from PyTorch's compute-only CSV) into an executable one, with
-// SEND_*/RECV_* posted and COMMIT batches placed so that the blocking protocol
-// (a commit launches every posted operation and waits for all of them; the
-// k-th send A->B pairs with the k-th receive on B from A) cannot deadlock.
+// Communication lowering, unchecked: turns a valid compute-only table into an
+// executable one, with SEND_*/RECV_* posted and COMMIT batches placed so that
+// the blocking protocol (a commit launches every posted operation and waits
+// for all of them; the k-th send A->B pairs with the k-th receive on B from
+// A) cannot deadlock. The generators lower their own compute orders with it
+// (build.hpp). Tables from elsewhere go through passes/lower_communication.hpp,
+// which validates its input first and names what is wrong.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
-#include <string>
 #include <vector>
 
-#include "dualpipe/analysis/validate.hpp"
-#include "dualpipe/schedule/action_syntax.hpp"
-#include "dualpipe/schedule/build.hpp"
 #include "dualpipe/schedule/instruction.hpp"
 #include "dualpipe/schedule/table.hpp"
 
@@ -38,8 +36,8 @@ struct posted_transfer {
   std::int64_t boundary;  // lands after the rank's computes of earlier rounds
 };
 
-// Lowers ranks [first, last) of a valid compute-only table (see
-// check_lowering_input): emit(instruction) for each instruction of each of
+// Lowers ranks [first, last) of a valid compute-only table (validate() holds
+// and it has no communication): emit(instruction) for each instruction of each of
 // those ranks in order, end_rank() after each. Generators at compile time ask
 // for one rank at a time, so only the kept ranks' operations are stored;
 // everything here is written to stay cheap under the constexpr limits.
@@ -167,123 +165,6 @@ constexpr void lower_ranks(table_view compute_only, int first, int last, Emit em
     }
     end_rank();
   }
-}
-
-// Rejects anything lower_ranks must not see, with the first offending action.
-constexpr void check_lowering_input(table_view t) {
-  const bool offsets_usable =
-      t.info.ranks > 0 && t.offsets.size() == static_cast<std::size_t>(t.info.ranks) + 1;
-  if (offsets_usable && t.offsets[0] == 0 &&
-      t.offsets[static_cast<std::size_t>(t.info.ranks)] == t.instructions.size()) {
-    for (int r = 0; r < t.info.ranks; ++r) {
-      if (t.offsets[static_cast<std::size_t>(r)] > t.offsets[static_cast<std::size_t>(r) + 1])
-        break;  // validate() names the broken shape
-      const auto list = t.rank(r);
-      for (std::size_t i = 0; i < list.size(); ++i)
-        if (!is_compute(list[i].kind))
-          throw std::invalid_argument(
-              "lower_communication: rank " + std::to_string(r) + ", instruction " +
-              std::to_string(i) + " (" + format_action(list[i]) +
-              "): the table already holds communication; lowering takes a compute-only table");
-    }
-  }
-  const validation v = validate(t);
-  if (!v.ok) throw std::invalid_argument("lower_communication: " + describe(v));
-}
-
-// A generator's compute-only table, as flat storage a table_view can see.
-struct compute_table {
-  schedule_info info;
-  std::vector<instruction> instructions;
-  std::vector<std::uint32_t> offsets{0};
-
-  [[nodiscard]] constexpr table_view view() const { return {info, instructions, offsets, {}}; }
-};
-
-template <class Generator>
-[[nodiscard]] constexpr compute_table compute_table_of(const Generator& g) {
-  compute_table t{without_communication(g.info()), {}, {}};
-  // Count, then fill in place: far cheaper than growing vectors in constexpr.
-  t.offsets.assign(static_cast<std::size_t>(t.info.ranks) + 1, 0);
-  std::uint64_t total = 0;
-  for (int r = 0; r < t.info.ranks; ++r) {
-    g.emit_compute_rank(r, counting_emit{&total});
-    t.offsets[static_cast<std::size_t>(r) + 1] = static_cast<std::uint32_t>(total);
-  }
-  t.instructions.resize(static_cast<std::size_t>(total));
-  std::size_t next = 0;
-  for (int r = 0; r < t.info.ranks; ++r)
-    g.emit_compute_rank(r, storing_emit<std::vector<instruction>>{&t.instructions, &next});
-  return t;
-}
-
-// One rank of a generator's table: its compute order as is, or lowered. The
-// generator provides `options`, info() and emit_compute_rank(rank, emit).
-// Lowering one rank simulates them all; emit_generated_ranks below does it
-// once for all.
-template <class Generator, class Emit>
-constexpr void emit_generated_rank(const Generator& g, int rank, Emit emit) {
-  if (!g.options.with_communication) {
-    g.emit_compute_rank(rank, emit);
-    return;
-  }
-  const compute_table compute = compute_table_of(g);
-  lower_ranks(compute.view(), rank, rank + 1, emit, [] {});
-}
-
-// Every rank of a generator's table, calling end_rank() after each.
-template <class Generator, class Emit, class EndRank>
-constexpr void emit_generated_ranks(const Generator& g, Emit emit, EndRank end_rank) {
-  if (!g.options.with_communication) {
-    const int ranks = g.info().ranks;
-    for (int r = 0; r < ranks; ++r) {
-      g.emit_compute_rank(r, emit);
-      end_rank();
-    }
-    return;
-  }
-  const compute_table compute = compute_table_of(g);
-  lower_ranks(compute.view(), 0, compute.info.ranks, emit, end_rank);
-}
-
-}  // namespace detail
-
-// The executable form of a compute-only table: SEND_F right after a forward
-// whose output another rank consumes, SEND_B right after a backward (B, I or
-// an overlapped pair's backward) whose input gradient another rank consumes,
-// each RECV in the batch that lands the value no later than the compute that
-// needs it, and one COMMIT per batch. Hand-offs between stages of one rank get
-// no communication. Throws std::invalid_argument naming the first offending
-// action (rank, index, action text) if the table already has communication or
-// its compute order is malformed: a stage on the wrong rank, a duplicate, a
-// backward before its forward, a missing forward or backward, a W out of FIFO
-// order, or an order that cannot run at all because of a cyclic wait.
-[[nodiscard]] inline schedule_table lower_communication(table_view compute_only) {
-  detail::check_lowering_input(compute_only);
-  schedule_info info = compute_only.info;
-  info.with_communication = true;
-  schedule_table out(info);
-  detail::lower_ranks(
-      compute_only, 0, info.ranks, [&out](const instruction& i) { out.push(i); },
-      [&out] { out.end_rank(); });
-  if (info.where == placement::explicit_map)
-    out.set_stage_ranks(
-        std::vector<std::int32_t>(compute_only.stage_ranks.begin(), compute_only.stage_ranks.end()));
-  return out;
-}
-
-namespace detail {
-
-// The run-time entry every lowered baseline shares: the generator's
-// compute-only table, lowered by lower_communication when its options ask
-// for communication. Building compute-only and lowering the whole table once
-// is cheaper than letting emit_rank lower per rank.
-template <class Generator>
-[[nodiscard]] schedule_table make_generated_table(Generator compute) {
-  const bool with_communication = compute.options.with_communication;
-  compute.options.with_communication = false;
-  if (!with_communication) return make_table(compute);
-  return lower_communication(make_table(compute));
 }
 
 }  // namespace detail

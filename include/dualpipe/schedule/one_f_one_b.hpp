@@ -10,49 +10,35 @@
 
 #include "dualpipe/schedule/build.hpp"
 #include "dualpipe/schedule/instruction.hpp"
-#include "dualpipe/schedule/lower.hpp"
 #include "dualpipe/schedule/options.hpp"
 #include "dualpipe/schedule/table.hpp"
 
 namespace dualpipe {
 
-namespace detail {
-
-// The first constraint (P, N) breaks, as a sentence, or an empty view.
-[[nodiscard]] constexpr std::string_view one_f_one_b_violation(std::int64_t ranks,
-                                                               std::int64_t microbatches) noexcept {
-  if (ranks < 1) return "needs at least 1 rank (P >= 1)";
-  if (ranks > max_ranks) return "supports at most 16384 ranks (P <= 16384)";
-  if (microbatches > max_microbatches)
-    return "supports at most 4194304 micro-batches (N <= 4194304)";
-  if (microbatches < ranks)
-    return "needs at least as many micro-batches as ranks (N >= P), as PyTorch's Schedule1F1B: "
-           "rank 0 runs P-1 warm-up forwards before its first backward";
-  return {};
-}
-
-}  // namespace detail
-
-// 1F1B on `ranks` ranks with `microbatches` micro-batches. A structural type:
-// usable as a template argument of make_static_table.
+// 1F1B on `ranks` ranks with `microbatches` micro-batches: a generator as
+// build.hpp describes one, in full (the shortest of the library's). A
+// structural type: usable as a template argument of make_static_table.
 struct one_f_one_b_generator {
   std::int32_t ranks = 0;
   std::int32_t microbatches = 0;
   generator_options options{};
 
-  // Throws std::invalid_argument naming the broken constraint.
-  constexpr void check() const {
-    detail::throw_if_violated("1F1B", detail::one_f_one_b_violation(ranks, microbatches), ranks,
-                              microbatches);
-  }
+  static constexpr schedule_kind kind{"1f1b", "1F1B", placement::linear};
+  static constexpr std::string_view summary =
+      "1F1B (PyTorch's Schedule1F1B): stage s on rank s; P-1-r warm-up forwards; N >= P";
 
-  [[nodiscard]] constexpr schedule_info info() const {
-    check();
-    return {schedule_kind::one_f_one_b, ranks,       ranks, microbatches, placement::linear,
-            options.forward_only,       options.with_communication};
+  // The first rule (P, N) break, as a sentence, or an empty view.
+  [[nodiscard]] constexpr std::string_view violation() const noexcept {
+    if (const std::string_view limit = size_limit_violation(ranks, microbatches); !limit.empty())
+      return limit;
+    if (microbatches < ranks)
+      return "needs at least as many micro-batches as ranks (N >= P), as PyTorch's Schedule1F1B: "
+             "rank 0 runs P-1 warm-up forwards before its first backward";
+    return {};
   }
+  [[nodiscard]] constexpr int stages() const noexcept { return ranks; }
 
-  // The compute order of one rank, without communication.
+  // The compute order of one rank; build.hpp places the communication.
   template <class Emit>
   constexpr void emit_compute_rank(int rank, Emit emit) const {
     if (options.forward_only) {
@@ -68,16 +54,6 @@ struct one_f_one_b_generator {
     }
     while (backward < microbatches) emit(make_backward(rank, backward++));
   }
-
-  template <class Emit>
-  constexpr void emit_rank(int rank, Emit emit) const {
-    detail::emit_generated_rank(*this, rank, emit);
-  }
-  // All ranks in one pass: the lowering simulates them together.
-  template <class Emit, class EndRank>
-  constexpr void emit_ranks(Emit emit, EndRank end_rank) const {
-    detail::emit_generated_ranks(*this, emit, end_rank);
-  }
 };
 
 namespace schedules {
@@ -85,23 +61,13 @@ namespace schedules {
 // Run time: throws std::invalid_argument for an invalid (P, N).
 [[nodiscard]] inline schedule_table one_f_one_b(int ranks, int microbatches,
                                                 generator_options options = {}) {
-  return detail::make_generated_table(one_f_one_b_generator{ranks, microbatches, options});
+  return make_table(one_f_one_b_generator{ranks, microbatches, options});
 }
 
-// Compile time: an invalid (P, N) is a compile error that says which rule it breaks.
+// Compile time: an invalid (P, N) is a compile error that names the rule.
 template <int P, int N, generator_options Options = generator_options{}>
 [[nodiscard]] constexpr auto one_f_one_b_table() {
-  static_assert(P >= 1, "one_f_one_b_table<P, N>: 1F1B needs at least 1 rank (P >= 1)");
-  static_assert(P <= max_ranks, "one_f_one_b_table<P, N>: at most 16384 ranks are supported");
-  static_assert(N >= P,
-                "one_f_one_b_table<P, N>: 1F1B needs at least as many micro-batches as ranks "
-                "(N >= P): rank 0 runs P-1 warm-up forwards before its first backward");
-  static_assert(N <= max_microbatches,
-                "one_f_one_b_table<P, N>: at most 4194304 micro-batches are supported");
-  if constexpr (detail::one_f_one_b_violation(P, N).empty())
-    return make_static_table<one_f_one_b_generator{P, N, Options}>();
-  else
-    return static_table<0, 0>{};
+  return make_checked_static_table<one_f_one_b_generator{P, N, Options}>();
 }
 
 }  // namespace schedules

@@ -2,12 +2,12 @@
 // "dualpipev", ...): one list shared by the command-line tool, the examples
 // and the tests, so that a name means the same table everywhere.
 //
-// Adding a schedule: include its header below and add one schedule_entry to
-// detail::schedule_entries (name, one-line summary, its extra integer
-// parameters if any, and a build function). Parameters beyond (P, N) are
-// declared as schedule_parameter values, e.g. {"virtual-stages", "model
-// stages per rank (V)", 2}; the tool turns each into a --virtual-stages
-// option and passes its value in schedule_request::parameters.
+// Adding a schedule: write its generator in a header of its own (build.hpp
+// says what a generator provides; one_f_one_b.hpp is a short example), then
+// include it below and add one line, registry_entry<your_generator>(), to
+// detail::schedule_entries. Parameters beyond (P, N) are a static
+// `parameters` array of schedule_parameter in the generator, with a static
+// from_request(q) that reads them; the tool turns each into an option.
 #pragma once
 
 #include <cstdint>
@@ -18,100 +18,67 @@
 #include <utility>
 #include <vector>
 
+#include "dualpipe/schedule/build.hpp"
 #include "dualpipe/schedule/dualpipe.hpp"
 #include "dualpipe/schedule/gpipe.hpp"
 #include "dualpipe/schedule/interleaved_1f1b.hpp"
 #include "dualpipe/schedule/one_f_one_b.hpp"
+#include "dualpipe/schedule/request.hpp"
+#include "dualpipe/schedule/table.hpp"
 #include "dualpipe/schedule/zb1p.hpp"
 #include "dualpipe/schedule/zbv.hpp"
-#include "dualpipe/schedule/options.hpp"
-#include "dualpipe/schedule/table.hpp"
 
 namespace dualpipe {
-
-// An integer a schedule takes beyond ranks and micro-batches.
-struct schedule_parameter {
-  std::string_view name;         // lower case, hyphenated: the tool's --name option
-  std::string_view description;  // one line for --help
-  std::int32_t default_value = 0;
-};
-
-// What to build: sizes, options and named parameter values.
-struct schedule_request {
-  std::int32_t ranks = 0;
-  std::int32_t microbatches = 0;
-  generator_options options{};
-  // Values of the schedule's parameters. make_schedule fills in the defaults
-  // of those left out, so a build function finds every one it declares.
-  std::vector<std::pair<std::string, std::int32_t>> parameters{};
-
-  [[nodiscard]] std::int32_t parameter(std::string_view name) const {
-    for (const auto& [key, value] : parameters)
-      if (key == name) return value;
-    throw std::logic_error("dualpipe: schedule parameter '" + std::string(name) +
-                           "' was not declared by the schedule");
-  }
-};
 
 struct schedule_entry {
   std::string_view name;
   std::string_view summary;
   std::span<const schedule_parameter> parameters{};
+  schedule_kind kind{};  // its tables' kind and placement
   // Throws std::invalid_argument naming the constraint (P, N, ...) broken.
   schedule_table (*build)(const schedule_request&) = nullptr;
 };
 
 namespace detail {
 
-inline constexpr schedule_parameter interleaved_1f1b_parameters[] = {
-    {"virtual-stages", "model stages per rank (V >= 2), for interleaved-1f1b", 2},
-};
+template <class G>
+[[nodiscard]] G generator_for(const schedule_request& q) {
+  if constexpr (requires { G::from_request(q); })
+    return G::from_request(q);
+  else
+    return G{q.ranks, q.microbatches, q.options};
+}
 
+template <class G>
+[[nodiscard]] schedule_table build_registered(const schedule_request& q) {
+  return make_table(generator_for<G>(q));
+}
+
+}  // namespace detail
+
+// The registry entry of generator G: its kind's name and placement, its
+// `summary`, its `parameters` if it declares any, and a build function that
+// makes G from the request (G::from_request(q) if it has one, else
+// G{ranks, microbatches, options}).
+template <class G>
+  requires schedule_generator<G>
+[[nodiscard]] constexpr schedule_entry registry_entry() {
+  std::span<const schedule_parameter> parameters{};
+  if constexpr (requires { G::parameters; }) parameters = G::parameters;
+  return {G::kind.name, G::summary, parameters, G::kind, &detail::build_registered<G>};
+}
+
+namespace detail {
+
+// Every registered schedule, one line each, in the order --help lists them.
 inline constexpr schedule_entry schedule_entries[] = {
-    {"dualpipe",
-     "DualPipe: rank r holds stages r and P-1-r; P even, N even, N >= 2P",
-     {},
-     [](const schedule_request& q) {
-       return schedules::dualpipe(q.ranks, q.microbatches, q.options);
-     }},
-    {"dualpipev",
-     "DualPipeV: 2P stages in a V, rank r holds r and 2P-1-r; N >= 2P",
-     {},
-     [](const schedule_request& q) {
-       return schedules::dualpipev(q.ranks, q.microbatches, q.options);
-     }},
-    {"gpipe",
-     "GPipe: stage s on rank s; every forward, then every backward; N >= 1",
-     {},
-     [](const schedule_request& q) {
-       return schedules::gpipe(q.ranks, q.microbatches, q.options);
-     }},
-    {"1f1b",
-     "1F1B (PyTorch's Schedule1F1B): stage s on rank s; P-1-r warm-up forwards; N >= P",
-     {},
-     [](const schedule_request& q) {
-       return schedules::one_f_one_b(q.ranks, q.microbatches, q.options);
-     }},
-    {"zb1p",
-     "ZB1P / ZB-H1 (zero bubble): 1F1B with I/W split, W's delayed into the cool-down; N >= P",
-     {},
-     [](const schedule_request& q) {
-       return schedules::zb1p(q.ranks, q.microbatches, q.options);
-     }},
-    {"interleaved-1f1b",
-     "interleaved 1F1B (Megatron virtual pipeline): V stages per rank, stage s on rank s % P; "
-     "N a multiple of P",
-     interleaved_1f1b_parameters,
-     [](const schedule_request& q) {
-       return schedules::interleaved_1f1b(q.ranks, q.microbatches,
-                                          q.parameter("virtual-stages"), q.options);
-     }},
-    {"zbv",
-     "ZB-V (zero bubble): 2P stages in a V, rank r holds r and 2P-1-r; N >= 1",
-     {},
-     [](const schedule_request& q) {
-       return schedules::zbv(q.ranks, q.microbatches, q.options);
-     }},
+    registry_entry<dualpipe_generator>(),
+    registry_entry<dualpipev_generator>(),
+    registry_entry<gpipe_generator>(),
+    registry_entry<one_f_one_b_generator>(),
+    registry_entry<zb1p_generator>(),
+    registry_entry<interleaved_1f1b_generator>(),
+    registry_entry<zbv_generator>(),
 };
 
 }  // namespace detail

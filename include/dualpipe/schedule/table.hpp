@@ -9,60 +9,36 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "dualpipe/schedule/instruction.hpp"
+#include "dualpipe/schedule/placement.hpp"
 
 namespace dualpipe {
 
-// Which generator made a table (custom: imported or hand-written).
-enum class schedule_kind : std::uint8_t {
-  custom,
-  dualpipe,
-  dualpipev,
-  gpipe,
-  one_f_one_b,
-  zb1p,
-  interleaved_1f1b,
-  zbv,
-};
+// Which generator made a table: its registry name ("dualpipe", "1f1b", ...),
+// the name sentences use ("DualPipe", "1F1B", ...) and the placement every
+// table it makes uses. Each generator declares its own (a `kind` member), so
+// a new schedule adds no enumerator here. The default, schedule_kind::custom,
+// marks a table imported or written by hand, whose placement is its info's.
+// Kinds compare by name.
+struct schedule_kind {
+  std::string_view name = "custom";
+  std::string_view title = "custom";
+  placement where = placement::explicit_map;
 
-[[nodiscard]] constexpr const char* schedule_name(schedule_kind k) noexcept {
-  switch (k) {
-    case schedule_kind::custom: return "custom";
-    case schedule_kind::dualpipe: return "dualpipe";
-    case schedule_kind::dualpipev: return "dualpipev";
-    case schedule_kind::gpipe: return "gpipe";
-    case schedule_kind::one_f_one_b: return "1f1b";
-    case schedule_kind::zb1p: return "zb1p";
-    case schedule_kind::interleaved_1f1b: return "interleaved-1f1b";
-    case schedule_kind::zbv: return "zbv";
+  static const schedule_kind custom;
+
+  [[nodiscard]] constexpr bool is_custom() const noexcept { return name == "custom"; }
+  friend constexpr bool operator==(const schedule_kind& a, const schedule_kind& b) noexcept {
+    return a.name == b.name;
   }
-  return "?";
-}
-
-// Where model stage s runs. Micro-batches always traverse stages 0, 1, ...,
-// stages-1 in forward order; placement maps (stage, micro-batch) to a rank.
-enum class placement : std::uint8_t {
-  linear,    // stage s on rank s % ranks (one stage per rank, or interleaved loops)
-  v_shape,   // stage s on rank s for s < ranks, else on rank 2*ranks-1-s
-  mirrored,  // DualPipe: micro-batch m < N/2 runs stage s on rank s, otherwise on ranks-1-s
-  explicit_map,  // a per-stage rank list carried by the table (imported tables)
 };
-
-// The name interchange formats use for each placement ("linear", "v-shape", ...).
-[[nodiscard]] constexpr const char* placement_name(placement p) noexcept {
-  switch (p) {
-    case placement::linear: return "linear";
-    case placement::v_shape: return "v-shape";
-    case placement::mirrored: return "mirrored";
-    case placement::explicit_map: return "explicit";
-  }
-  return "?";
-}
+inline constexpr schedule_kind schedule_kind::custom{};
 
 struct schedule_info {
-  schedule_kind kind = schedule_kind::custom;
+  schedule_kind kind{};
   std::int32_t ranks = 0;
   std::int32_t stages = 0;
   std::int32_t microbatches = 0;
@@ -101,31 +77,48 @@ struct table_view {
   // The rank that runs `stage` for micro-batch `mb`, or -1 if the stage does
   // not exist.
   [[nodiscard]] constexpr int rank_of(int stage, int mb) const noexcept {
-    if (stage < 0 || stage >= info.stages || info.ranks <= 0) return -1;
-    switch (info.where) {
-      case placement::linear: return stage % info.ranks;
-      case placement::v_shape: return stage < info.ranks ? stage : 2 * info.ranks - 1 - stage;
-      case placement::mirrored:
-        return mb < info.microbatches / 2 ? stage : info.ranks - 1 - stage;
-      case placement::explicit_map:
-        return static_cast<std::size_t>(stage) < stage_ranks.size()
-                   ? stage_ranks[static_cast<std::size_t>(stage)]
-                   : -1;
-    }
-    return -1;
+    return stage_rank(info.where, info.ranks, info.stages, info.microbatches, stage, mb,
+                      stage_ranks);
   }
 };
 
+// The first way a view's sizes and offsets disagree: a sentence (empty when
+// every rank's instructions lie inside the view) and the rank it concerns
+// (-1: the whole table). The check each reader of an untrusted view makes
+// before it indexes; it reads as its sentence.
+struct shape_problem {
+  std::string_view what{};
+  int rank = -1;
+
+  [[nodiscard]] constexpr bool empty() const noexcept { return what.empty(); }
+  constexpr operator std::string_view() const noexcept { return what; }  // NOLINT(google-explicit-constructor)
+};
+
+[[nodiscard]] constexpr shape_problem shape_violation(const table_view& t) noexcept {
+  if (t.info.ranks <= 0 || t.info.stages <= 0 || t.info.microbatches <= 0)
+    return {"the table has no ranks, stages or micro-batches"};
+  const auto ranks = static_cast<std::size_t>(t.info.ranks);
+  if (t.offsets.size() != ranks + 1 || t.offsets[0] != 0 || t.offsets[ranks] != t.instructions.size())
+    return {"the rank offsets do not cover the instructions"};
+  for (std::size_t r = 0; r < ranks; ++r)
+    if (t.offsets[r] > t.offsets[r + 1]) return {"the rank offsets decrease", static_cast<int>(r)};
+  return {};
+}
+
 // A table whose sizes are template arguments: a literal type, so it can be a
 // constexpr variable and be checked with static_assert.
+//
+// It answers the same calls as schedule_table (info(), view(), rank(r),
+// size()); its members are public only so that it stays a literal aggregate.
 template <std::size_t Ranks, std::size_t Total>
 struct static_table {
-  schedule_info info{};
+  schedule_info header{};
   std::array<instruction, Total> instructions{};
   std::array<std::uint32_t, Ranks + 1> offsets{};
 
+  [[nodiscard]] constexpr const schedule_info& info() const noexcept { return header; }
   [[nodiscard]] constexpr table_view view() const noexcept {
-    return {info, std::span<const instruction>(instructions),
+    return {header, std::span<const instruction>(instructions),
             std::span<const std::uint32_t>(offsets), {}};
   }
   constexpr operator table_view() const noexcept { return view(); }  // NOLINT(google-explicit-constructor)

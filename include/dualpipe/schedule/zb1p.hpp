@@ -12,7 +12,6 @@
 
 #include "dualpipe/schedule/build.hpp"
 #include "dualpipe/schedule/instruction.hpp"
-#include "dualpipe/schedule/lower.hpp"
 #include "dualpipe/schedule/options.hpp"
 #include "dualpipe/schedule/table.hpp"
 
@@ -23,10 +22,8 @@ namespace detail {
 // The first constraint (P, N) breaks, as a sentence, or an empty view.
 [[nodiscard]] constexpr std::string_view zb1p_violation(std::int64_t ranks,
                                                         std::int64_t microbatches) noexcept {
-  if (ranks < 1) return "needs at least 1 rank (P >= 1)";
-  if (ranks > max_ranks) return "supports at most 16384 ranks (P <= 16384)";
-  if (microbatches > max_microbatches)
-    return "supports at most 4194304 micro-batches (N <= 4194304)";
+  if (const std::string_view limit = size_limit_violation(ranks, microbatches); !limit.empty())
+    return limit;
   if (microbatches < ranks)
     return "needs at least as many micro-batches as ranks (N >= P), as 1F1B: rank 0 runs P-1 "
            "warm-up forwards before its first backward";
@@ -42,19 +39,17 @@ struct zb1p_generator {
   std::int32_t microbatches = 0;
   generator_options options{};
 
-  // Throws std::invalid_argument naming the broken constraint.
-  constexpr void check() const {
-    detail::throw_if_violated("ZB1P", detail::zb1p_violation(ranks, microbatches), ranks,
-                              microbatches);
-  }
+  static constexpr schedule_kind kind{"zb1p", "ZB1P", placement::linear};
+  static constexpr std::string_view summary =
+      "ZB1P / ZB-H1 (zero bubble): 1F1B with I/W split, W's delayed into the cool-down; N >= P";
 
-  [[nodiscard]] constexpr schedule_info info() const {
-    check();
-    return {schedule_kind::zb1p,  ranks,       ranks, microbatches, placement::linear,
-            options.forward_only, options.with_communication};
+  // The first rule the sizes break, as a sentence, or an empty view.
+  [[nodiscard]] constexpr std::string_view violation() const noexcept {
+    return detail::zb1p_violation(ranks, microbatches);
   }
+  [[nodiscard]] constexpr int stages() const noexcept { return ranks; }
 
-  // The compute order of one rank, without communication.
+  // The compute order of one rank; build.hpp places the communication.
   template <class Emit>
   constexpr void emit_compute_rank(int rank, Emit emit) const {
     if (options.forward_only) {
@@ -73,16 +68,6 @@ struct zb1p_generator {
     }
     while (weight < microbatches) emit(make_backward_weight(rank, weight++));
   }
-
-  template <class Emit>
-  constexpr void emit_rank(int rank, Emit emit) const {
-    detail::emit_generated_rank(*this, rank, emit);
-  }
-  // All ranks in one pass: the lowering simulates them together.
-  template <class Emit, class EndRank>
-  constexpr void emit_ranks(Emit emit, EndRank end_rank) const {
-    detail::emit_generated_ranks(*this, emit, end_rank);
-  }
 };
 
 namespace schedules {
@@ -90,23 +75,13 @@ namespace schedules {
 // Run time: throws std::invalid_argument for an invalid (P, N).
 [[nodiscard]] inline schedule_table zb1p(int ranks, int microbatches,
                                          generator_options options = {}) {
-  return detail::make_generated_table(zb1p_generator{ranks, microbatches, options});
+  return make_table(zb1p_generator{ranks, microbatches, options});
 }
 
-// Compile time: an invalid (P, N) is a compile error that says which rule it breaks.
+// Compile time: sizes that break a rule are a compile error that names it.
 template <int P, int N, generator_options Options = generator_options{}>
 [[nodiscard]] constexpr auto zb1p_table() {
-  static_assert(P >= 1, "zb1p_table<P, N>: ZB1P needs at least 1 rank (P >= 1)");
-  static_assert(P <= max_ranks, "zb1p_table<P, N>: at most 16384 ranks are supported");
-  static_assert(N >= P,
-                "zb1p_table<P, N>: ZB1P needs at least as many micro-batches as ranks (N >= P), "
-                "as 1F1B: rank 0 runs P-1 warm-up forwards before its first backward");
-  static_assert(N <= max_microbatches,
-                "zb1p_table<P, N>: at most 4194304 micro-batches are supported");
-  if constexpr (detail::zb1p_violation(P, N).empty())
-    return make_static_table<zb1p_generator{P, N, Options}>();
-  else
-    return static_table<0, 0>{};
+  return make_checked_static_table<zb1p_generator{P, N, Options}>();
 }
 
 }  // namespace schedules

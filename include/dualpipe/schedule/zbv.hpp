@@ -17,16 +17,12 @@
 // rank 2 on, the cool-down may run them in a different order.
 #pragma once
 
-#include <cstddef>
 #include <cstdint>
-#include <stdexcept>
 #include <string_view>
-#include <utility>
-#include <vector>
 
 #include "dualpipe/schedule/build.hpp"
+#include "dualpipe/schedule/deferred_weights.hpp"
 #include "dualpipe/schedule/instruction.hpp"
-#include "dualpipe/schedule/lower.hpp"
 #include "dualpipe/schedule/options.hpp"
 #include "dualpipe/schedule/table.hpp"
 
@@ -37,11 +33,9 @@ namespace detail {
 // The first constraint (P, N) breaks, as a sentence, or an empty view.
 [[nodiscard]] constexpr std::string_view zbv_violation(std::int64_t ranks,
                                                        std::int64_t microbatches) noexcept {
-  if (ranks < 1) return "needs at least 1 rank (P >= 1)";
   if (ranks > max_ranks / 2) return "supports at most 8192 ranks (P <= 8192, 2P stages)";
-  if (microbatches < 1) return "needs at least 1 micro-batch (N >= 1)";
-  if (microbatches > max_microbatches)
-    return "supports at most 4194304 micro-batches (N <= 4194304)";
+  if (const std::string_view limit = size_limit_violation(ranks, microbatches); !limit.empty())
+    return limit;
   return {};
 }
 
@@ -101,7 +95,7 @@ class zbv_rank_walk {
   constexpr void backward_input(int chunk) {
     const int mb = count_[chunk].input++;
     if (forward_only_ || mb >= N_) return;
-    deferred_.emplace_back(stage_of(chunk), mb);
+    deferred_.defer(stage_of(chunk), mb);
     emit_(make_backward_input(stage_of(chunk), mb));
   }
   // PyTorch's W of (chunk, next micro-batch) marks the place; the oldest
@@ -109,10 +103,8 @@ class zbv_rank_walk {
   constexpr void weight(int chunk) {
     const int mb = count_[chunk].weight++;
     if (forward_only_ || mb >= N_) return;
-    if (head_ >= deferred_.size())
-      throw std::logic_error("dualpipe: ZB-V placed a W with no deferred weight gradient");
-    const auto [stage, oldest_mb] = deferred_[head_++];
-    emit_(make_backward_weight(stage, oldest_mb));
+    const deferred_weight oldest = deferred_.pop();
+    emit_(make_backward_weight(oldest.stage, oldest.microbatch));
   }
 
   int P_, N_;
@@ -120,8 +112,7 @@ class zbv_rank_walk {
   int r_;
   Emit emit_;
   chunk_counters count_[2]{};
-  std::vector<std::pair<int, int>> deferred_;
-  std::size_t head_ = 0;
+  deferred_weights deferred_{};
 };
 
 }  // namespace detail
@@ -133,32 +124,20 @@ struct zbv_generator {
   std::int32_t microbatches = 0;
   generator_options options{};
 
-  // Throws std::invalid_argument naming the broken constraint.
-  constexpr void check() const {
-    detail::throw_if_violated("ZB-V", detail::zbv_violation(ranks, microbatches), ranks,
-                              microbatches);
-  }
+  static constexpr schedule_kind kind{"zbv", "ZB-V", placement::v_shape};
+  static constexpr std::string_view summary =
+      "ZB-V (zero bubble): 2P stages in a V, rank r holds r and 2P-1-r; N >= 1";
 
-  [[nodiscard]] constexpr schedule_info info() const {
-    check();
-    return {schedule_kind::zbv,   ranks,       2 * ranks, microbatches, placement::v_shape,
-            options.forward_only, options.with_communication};
+  // The first rule the sizes break, as a sentence, or an empty view.
+  [[nodiscard]] constexpr std::string_view violation() const noexcept {
+    return detail::zbv_violation(ranks, microbatches);
   }
+  [[nodiscard]] constexpr int stages() const noexcept { return 2 * ranks; }
 
-  // The compute order of one rank, without communication.
+  // The compute order of one rank; build.hpp places the communication.
   template <class Emit>
   constexpr void emit_compute_rank(int rank, Emit emit) const {
     detail::zbv_rank_walk<Emit>(ranks, microbatches, options.forward_only, rank, emit).run();
-  }
-
-  template <class Emit>
-  constexpr void emit_rank(int rank, Emit emit) const {
-    detail::emit_generated_rank(*this, rank, emit);
-  }
-  // All ranks in one pass: the lowering simulates them together.
-  template <class Emit, class EndRank>
-  constexpr void emit_ranks(Emit emit, EndRank end_rank) const {
-    detail::emit_generated_ranks(*this, emit, end_rank);
   }
 };
 
@@ -167,22 +146,13 @@ namespace schedules {
 // Run time: throws std::invalid_argument for an invalid (P, N).
 [[nodiscard]] inline schedule_table zbv(int ranks, int microbatches,
                                         generator_options options = {}) {
-  return detail::make_generated_table(zbv_generator{ranks, microbatches, options});
+  return make_table(zbv_generator{ranks, microbatches, options});
 }
 
-// Compile time: an invalid (P, N) is a compile error that says which rule it breaks.
+// Compile time: sizes that break a rule are a compile error that names it.
 template <int P, int N, generator_options Options = generator_options{}>
 [[nodiscard]] constexpr auto zbv_table() {
-  static_assert(P >= 1, "zbv_table<P, N>: ZB-V needs at least 1 rank (P >= 1)");
-  static_assert(P <= max_ranks / 2,
-                "zbv_table<P, N>: at most 8192 ranks are supported (2P stages)");
-  static_assert(N >= 1, "zbv_table<P, N>: ZB-V needs at least 1 micro-batch (N >= 1)");
-  static_assert(N <= max_microbatches,
-                "zbv_table<P, N>: at most 4194304 micro-batches are supported");
-  if constexpr (detail::zbv_violation(P, N).empty())
-    return make_static_table<zbv_generator{P, N, Options}>();
-  else
-    return static_table<0, 0>{};
+  return make_checked_static_table<zbv_generator{P, N, Options}>();
 }
 
 }  // namespace schedules

@@ -19,7 +19,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "dualpipe/runtime/errors.hpp"
+#include "dualpipe/transport/errors.hpp"
 #include "dualpipe/schedule/action_syntax.hpp"
 #include "dualpipe/schedule/instruction.hpp"
 #include "dualpipe/transport/transport.hpp"

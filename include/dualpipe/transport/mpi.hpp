@@ -30,7 +30,7 @@
 #include <utility>
 #include <vector>
 
-#include "dualpipe/runtime/errors.hpp"
+#include "dualpipe/transport/errors.hpp"
 #include "dualpipe/schedule/action_syntax.hpp"
 #include "dualpipe/schedule/instruction.hpp"
 #include "dualpipe/transport/transport.hpp"

@@ -31,7 +31,7 @@
 #include "dualpipe/cuda/error.hpp"
 #include "dualpipe/cuda/event.hpp"
 #include "dualpipe/cuda/stream.hpp"
-#include "dualpipe/runtime/errors.hpp"
+#include "dualpipe/transport/errors.hpp"
 #include "dualpipe/schedule/action_syntax.hpp"
 #include "dualpipe/schedule/instruction.hpp"
 #include "dualpipe/transport/transport.hpp"

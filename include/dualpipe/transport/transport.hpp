@@ -11,7 +11,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "dualpipe/runtime/errors.hpp"
+#include "dualpipe/transport/errors.hpp"
 #include "dualpipe/schedule/action_syntax.hpp"
 #include "dualpipe/schedule/instruction.hpp"
 
