@@ -41,13 +41,15 @@ static_assert(!on_return_leg(placement::v_shape, 4, 8, 3, 0) &&
 static_assert(on_return_leg(placement::linear, 2, 8, 2, 0) &&
               !on_return_leg(placement::linear, 2, 8, 4, 0));
 static_assert(!on_return_leg(placement::explicit_map, 2, 8, 1, 0));
+static_assert(mirror_of(placement::mirrored, 4, 1) == 2 &&
+              mirror_of(placement::mirrored, 4, 4) == -1);
+static_assert(mirror_of(placement::v_shape, 4, 1) == -1);
 
 TEST_CASE("tables answer rank_of with the one placement function", "[model]") {
   const schedule_table t = schedules::dualpipev(3, 6);
   for (int s = 0; s < t.info().stages; ++s)
     for (int m = 0; m < t.info().microbatches; ++m)
-      CHECK(t.view().rank_of(s, m) ==
-            stage_rank(placement::v_shape, 3, 6, 6, s, m));
+      CHECK(t.view().rank_of(s, m) == stage_rank(placement::v_shape, 3, 6, 6, s, m));
 }
 
 // The queue, at compile time: first in, first out, and admits only the oldest.
@@ -84,10 +86,8 @@ TEST_CASE("shape_violation names what is wrong with a view, and which rank", "[m
 
   const std::vector<instruction> two(2, make_forward(0, 0));
   const std::array<std::uint32_t, 4> decreasing{0, 2, 1, 2};
-  const table_view bad{{schedule_kind::custom, 3, 1, 1, placement::linear, true, false},
-                       two,
-                       decreasing,
-                       {}};
+  const table_view bad{
+      {schedule_kind::custom, 3, 1, 1, placement::linear, true, false}, two, decreasing, {}};
   const shape_problem p = shape_violation(bad);
   CHECK(p.what == "the rank offsets decrease");
   CHECK(p.rank == 1);

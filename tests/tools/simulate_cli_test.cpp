@@ -235,6 +235,14 @@ TEST_CASE("simulate refuses a table that does not validate, with validate's sent
       REQUIRE(o.out.empty());
       REQUIRE(o.err == "dualpipe-schedule: error: " + v.out);
     }
+    // The timelines as a top-level --format refuse it alike.
+    for (const char* format : {"chrome-trace", "svg"}) {
+      INFO(format);
+      const tool_run o = run_tool({"--input", file.path, "--format", format});
+      REQUIRE(o.status == 1);
+      REQUIRE(o.out.empty());
+      REQUIRE(o.err == "dualpipe-schedule: error: " + v.out);
+    }
   }
   const temporary_file missing_w(invalid[0]);
   REQUIRE(run_tool({"validate", "--input", missing_w.path}).out ==

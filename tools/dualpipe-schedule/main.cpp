@@ -42,7 +42,8 @@ int main(int argc, char** argv) {
   app.get_formatter()->column_width(32);
   app.footer(
       "Example: dualpipe-schedule --schedule dualpipe --ranks 8 --microbatches 20 "
-      "--format grid\nErrors: one line on stderr and exit status 2.");
+      "--format grid\nErrors: one line on stderr; exit status 2 for bad usage, 1 for a "
+      "table that does not validate where it must (simulate, chrome-trace, svg).");
 
   table_source source;
   add_table_source_options(app, source);

@@ -1,9 +1,11 @@
 // chrome-trace and svg output of a simulated timeline.
 #include "timeline_formats.hpp"
 
+#include <stdexcept>
 #include <string>
 
 #include "cost_option.hpp"
+#include "dualpipe/analysis/validate.hpp"
 #include "dualpipe/io/chrome_trace.hpp"
 #include "dualpipe/io/svg.hpp"
 
@@ -34,13 +36,27 @@ void write_svg(std::ostream& out, const schedule_table& table, const simulation&
   out << format_svg(sim, options);
 }
 
+namespace {
+
+// A timeline is drawn only for a table that can run: as the simulate
+// subcommand does, refuse any other with validate's sentence (exit 1: bad
+// input, not bad usage).
+void require_valid(const schedule_table& table) {
+  if (const validation v = validate(table); !v.ok) throw std::runtime_error(describe(v));
+}
+
+}  // namespace
+
 void write_chrome_trace(std::ostream& out, const schedule_table& table,
                         const output_options& options) {
-  write_chrome_trace(out, simulate(table, parse_cost(options.cost)));
+  const cost_model costs = parse_cost(options.cost);
+  require_valid(table);
+  write_chrome_trace(out, simulate(table, costs));
 }
 
 void write_svg(std::ostream& out, const schedule_table& table, const output_options& options) {
   const cost_model costs = parse_cost(options.cost);
+  require_valid(table);
   write_svg(out, table, simulate(table, costs), costs);
 }
 

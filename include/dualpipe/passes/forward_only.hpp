@@ -31,7 +31,9 @@ namespace dualpipe {
         out.push_back(x);
         posted = posted || is_communication(x.kind);
         break;
-      case op::overlapped_forward_backward: out.push_back(make_forward(x.stage, x.microbatch)); break;
+      case op::overlapped_forward_backward:
+        out.push_back(make_forward(x.stage, x.microbatch));
+        break;
       case op::commit:
         if (posted) out.push_back(x);
         posted = false;

@@ -59,8 +59,8 @@ constexpr void check_lowering_input(table_view t) {
       compute_only, 0, info.ranks, [&out](const instruction& i) { out.push(i); },
       [&out] { out.end_rank(); });
   if (info.where == placement::explicit_map)
-    out.set_stage_ranks(
-        std::vector<std::int32_t>(compute_only.stage_ranks.begin(), compute_only.stage_ranks.end()));
+    out.set_stage_ranks(std::vector<std::int32_t>(compute_only.stage_ranks.begin(),
+                                                  compute_only.stage_ranks.end()));
   return out;
 }
 

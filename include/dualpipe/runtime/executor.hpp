@@ -179,8 +179,8 @@ class executor {
   template <class Batch, class Split>
     requires std::invocable<Split&, const Batch&, int, int, tensor_type&>
   std::span<const tensor_type> split_inputs(const Batch& batch, Split&& split) {
-    split_inputs_.resize(layout_.entering().size());
     const int parts = static_cast<int>(layout_.entering().size());
+    split_inputs_.resize(static_cast<std::size_t>(parts));
     for (int i = 0; i < parts; ++i) split(batch, i, parts, split_inputs_[static_cast<std::size_t>(i)]);
     return split_inputs_;
   }
@@ -190,8 +190,8 @@ class executor {
   std::span<const label_type> split_labels(const Batch& batch, Split&& split) {
     static_assert(std::default_initializable<label_type>,
                   "dualpipe::executor::split_labels: the label type must be default-constructible");
-    split_labels_.resize(layout_.leaving().size());
     const int parts = static_cast<int>(layout_.leaving().size());
+    split_labels_.resize(static_cast<std::size_t>(parts));
     for (int i = 0; i < parts; ++i) split(batch, i, parts, split_labels_[static_cast<std::size_t>(i)]);
     return split_labels_;
   }
@@ -271,7 +271,8 @@ class executor {
       max_batch = std::max(max_batch, batch);
     }
     sent_.reserve(max_batch);
-    if constexpr (transport_with_deferred_completion<Transport>) in_flight_.reserve(programs_[0].size());
+    if constexpr (transport_with_deferred_completion<Transport>)
+      in_flight_.reserve(programs_[0].size());
 
     // Preallocation: walk both programs without calling anything, so the
     // pool holds the most buffers any step needs before the first step.
@@ -324,23 +325,25 @@ class executor {
     if (!ctx.forward_only && info_.forward_only)
       throw std::invalid_argument(here() + ": the table is forward-only (inference); a training "
                                            "step needs a training table, or pass forward_only");
-    if (ctx.inputs.size() != layout_.entering().size())
+    const std::span<const int> entering = layout_.entering();
+    const std::span<const int> leaving = layout_.leaving();
+    if (ctx.inputs.size() != entering.size())
       throw std::invalid_argument(
           here() + " runs the first stage (stage 0) of micro-batches " +
-          detail::describe_microbatches(layout_.entering()) + " (" + std::to_string(layout_.entering().size()) +
+          detail::describe_microbatches(entering) + " (" + std::to_string(entering.size()) +
           " of them) and needs one input each, but step() was given " +
           std::to_string(ctx.inputs.size()));
-    if (layout_.leaving().empty()) return;
+    if (leaving.empty()) return;
     if (ctx.loss == nullptr && !ctx.forward_only)
       throw std::invalid_argument(
           here() + " runs the last stage (stage " + std::to_string(S_ - 1) +
-          ") of micro-batches " + detail::describe_microbatches(layout_.leaving()) +
+          ") of micro-batches " + detail::describe_microbatches(leaving) +
           ": a training step needs a loss function there");
-    if (ctx.loss != nullptr && ctx.labels.size() != layout_.leaving().size())
+    if (ctx.loss != nullptr && ctx.labels.size() != leaving.size())
       throw std::invalid_argument(
           here() + " runs the last stage (stage " + std::to_string(S_ - 1) +
-          ") of micro-batches " + detail::describe_microbatches(layout_.leaving()) + " (" +
-          std::to_string(layout_.leaving().size()) + " of them) and needs one label each for the loss, "
+          ") of micro-batches " + detail::describe_microbatches(leaving) + " (" +
+          std::to_string(leaving.size()) + " of them) and needs one label each for the loss, "
           "but step() was given " + std::to_string(ctx.labels.size()));
   }
 

@@ -18,8 +18,7 @@ namespace dualpipe {
 // The rank holding the other copy of rank r's stages under DualPipe's
 // mirrored placement (P-1-r); -1 for any other placement, which keeps one copy.
 [[nodiscard]] constexpr int mirror_rank(const schedule_info& info, int rank) noexcept {
-  if (info.where != placement::mirrored || rank < 0 || rank >= info.ranks) return -1;
-  return info.ranks - 1 - rank;
+  return mirror_of(info.where, info.ranks, rank);
 }
 
 // What sum_mirrored_gradients takes: two sized random-access ranges (a

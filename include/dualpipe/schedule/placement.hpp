@@ -48,6 +48,14 @@ enum class placement : std::uint8_t {
   return -1;
 }
 
+// The rank holding the other copy of `rank`'s stages: under the mirrored
+// placement every stage runs on two ranks, r and ranks-1-r (one copy for
+// each direction); -1 under any other placement, which keeps one copy.
+[[nodiscard]] constexpr int mirror_of(placement where, int ranks, int rank) noexcept {
+  if (where != placement::mirrored || rank < 0 || rank >= ranks) return -1;
+  return ranks - 1 - rank;
+}
+
 // Whether (stage, micro-batch) is on its micro-batch's way back: the second
 // half of a DualPipe pair of directions, the right arm of a V, the odd loops
 // of an interleaved pipeline. Pictures shade these; an explicit map has none.
