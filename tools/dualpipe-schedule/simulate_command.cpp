@@ -15,7 +15,6 @@
 #include "commands.hpp"
 #include "cost_option.hpp"
 #include "dualpipe/analysis/simulate.hpp"
-#include "dualpipe/analysis/validate.hpp"
 #include "table_source.hpp"
 #include "timeline_formats.hpp"
 #include "usage_error.hpp"
@@ -94,20 +93,7 @@ std::function<int()> attach_simulate(CLI::App& sub) {
                         "' (known: text, json, chrome-trace, svg)");
     const cost_model costs = parse_cost(options->cost);
     const schedule_table table = build_table(options->source);
-    // The simulator times dataflow only, so a table that validate() rejects
-    // (a send without its receive, a W out of order) could still get a
-    // makespan. Refuse it with validate's sentence: bad input, not bad
-    // usage, exit 1 as `validate` exits for it.
-    if (const validation v = validate(table); !v.ok) throw std::runtime_error(describe(v));
-    // Past validation the simulator should not refuse the table; if it does,
-    // that too is bad input: exit 1.
-    const simulation sim = [&] {
-      try {
-        return simulate(table, costs);
-      } catch (const std::invalid_argument& e) {
-        throw std::runtime_error(e.what());
-      }
-    }();
+    const simulation sim = simulate_valid(table, costs);
     std::ostringstream out;
     if (format == "json")
       write_simulation_json(out, table, sim, costs);

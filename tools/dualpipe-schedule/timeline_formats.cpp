@@ -36,28 +36,23 @@ void write_svg(std::ostream& out, const schedule_table& table, const simulation&
   out << format_svg(sim, options);
 }
 
-namespace {
-
-// A timeline is drawn only for a table that can run: as the simulate
-// subcommand does, refuse any other with validate's sentence (exit 1: bad
-// input, not bad usage).
-void require_valid(const schedule_table& table) {
+simulation simulate_valid(const schedule_table& table, const cost_model& costs) {
   if (const validation v = validate(table); !v.ok) throw std::runtime_error(describe(v));
+  try {
+    return simulate(table, costs);
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(e.what());
+  }
 }
-
-}  // namespace
 
 void write_chrome_trace(std::ostream& out, const schedule_table& table,
                         const output_options& options) {
-  const cost_model costs = parse_cost(options.cost);
-  require_valid(table);
-  write_chrome_trace(out, simulate(table, costs));
+  write_chrome_trace(out, simulate_valid(table, parse_cost(options.cost)));
 }
 
 void write_svg(std::ostream& out, const schedule_table& table, const output_options& options) {
   const cost_model costs = parse_cost(options.cost);
-  require_valid(table);
-  write_svg(out, table, simulate(table, costs), costs);
+  write_svg(out, table, simulate_valid(table, costs), costs);
 }
 
 }  // namespace dualpipe::cli

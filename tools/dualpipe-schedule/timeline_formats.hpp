@@ -10,6 +10,13 @@
 
 namespace dualpipe::cli {
 
+// The simulation of a table that must be able to run: one that validate()
+// rejects (the simulator times dataflow only, so a send without its receive
+// or a W out of order could still get a makespan) is refused with validate's
+// sentence, and so is anything the simulator then refuses: std::runtime_error
+// either way, bad input rather than bad usage (exit 1, as `validate`).
+[[nodiscard]] simulation simulate_valid(const schedule_table& table, const cost_model& costs);
+
 void write_chrome_trace(std::ostream& out, const schedule_table& table,
                         const output_options& options);
 void write_svg(std::ostream& out, const schedule_table& table, const output_options& options);
