@@ -25,7 +25,7 @@ class device_buffer {
 
  public:
   device_buffer() noexcept = default;
-  explicit device_buffer(std::size_t size) : size_(size) {
+  explicit device_buffer(std::size_t size) : size_(size), capacity_(size) {
     if (size == 0) return;
     if (size > std::numeric_limits<std::size_t>::max() / sizeof(T))
       throw std::length_error("dualpipe::cuda::device_buffer: " + std::to_string(size) +
@@ -37,26 +37,35 @@ class device_buffer {
   device_buffer(const device_buffer&) = delete;
   device_buffer& operator=(const device_buffer&) = delete;
   device_buffer(device_buffer&& other) noexcept
-      : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+      : data_(std::exchange(other.data_, nullptr)),
+        size_(std::exchange(other.size_, 0)),
+        capacity_(std::exchange(other.capacity_, 0)) {}
   device_buffer& operator=(device_buffer&& other) noexcept {
     if (this != &other) {
       release();
       data_ = std::exchange(other.data_, nullptr);
       size_ = std::exchange(other.size_, 0);
+      capacity_ = std::exchange(other.capacity_, 0);
     }
     return *this;
   }
   ~device_buffer() { release(); }
 
-  // Makes the buffer hold `size` elements, reallocating only when the size
-  // changes; the contents are not kept. Pipeline buffers change size only in
-  // the first step, so later steps never reach cudaMalloc here. (cudaFree of
-  // the old memory waits for the device: a first-step cost only.)
+  // Makes the buffer hold `size` elements, reallocating only when it grows
+  // past its capacity; the contents are not kept. A buffer whose messages
+  // vary in size (a size per micro-batch) reaches its largest size in the
+  // first step and never calls cudaMalloc again. (cudaFree of the old memory
+  // waits for the device: a cost of growing only.)
   void resize(std::size_t size) {
-    if (size == size_) return;
+    if (size <= capacity_) {
+      size_ = size;
+      return;
+    }
     device_buffer fresh(size);
     *this = std::move(fresh);
   }
+  // The elements the allocation holds (>= size()).
+  [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
 
   using value_type = T;
 
@@ -101,10 +110,12 @@ class device_buffer {
     if (data_ != nullptr) (void)cudaFree(data_);  // cudaFree waits for pending work on it
     data_ = nullptr;
     size_ = 0;
+    capacity_ = 0;
   }
 
   T* data_ = nullptr;
   std::size_t size_ = 0;
+  std::size_t capacity_ = 0;
 };
 
 }  // namespace dualpipe::cuda

@@ -18,6 +18,12 @@
 //             becomes true once every receiver has copied them (events the
 //             receivers record on their streams), so the executor keeps the
 //             sent buffers untouched until then without a copy.
+//
+// A send carries its element count on the host, and the receive buffer takes
+// that size. An endpoint attached with a message_sizes rule (message_sizes.hpp)
+// also checks both ends against it: its sends' buffers, and the count each of
+// its receives carries, so a disagreement is a transport_error, never a copy
+// of the wrong length.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -30,6 +36,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -43,6 +50,7 @@
 #include "dualpipe/transport/errors.hpp"
 #include "dualpipe/schedule/action_syntax.hpp"
 #include "dualpipe/schedule/instruction.hpp"
+#include "dualpipe/transport/message_sizes.hpp"
 #include "dualpipe/transport/transport.hpp"
 
 namespace dualpipe {
@@ -70,8 +78,12 @@ class device_local_transport {
     key() = default;
   };
   device_local_transport(key, device_local_network<Tensor>& network, int rank, cudaStream_t compute,
-                         int priority)
-      : network_(&network), rank_(rank), compute_(compute), comm_(priority) {}
+                         int priority, std::optional<message_sizes> sizes)
+      : network_(&network),
+        rank_(rank),
+        compute_(compute),
+        comm_(priority),
+        sizes_(std::move(sizes)) {}
 
   device_local_transport(const device_local_transport&) = delete;
   device_local_transport& operator=(const device_local_transport&) = delete;
@@ -83,16 +95,22 @@ class device_local_transport {
   [[nodiscard]] int ranks() const noexcept;
   [[nodiscard]] cudaStream_t compute_stream() const noexcept { return compute_; }
   [[nodiscard]] cudaStream_t communication_stream() const noexcept { return comm_.get(); }
+  // The size rule given at attach, if any.
+  [[nodiscard]] const std::optional<message_sizes>& sizes() const noexcept { return sizes_; }
 
   void post_send(const instruction& i, const Tensor& buffer) {
     detail::check_posted(i, is_send(i.kind), "post_send takes a SEND_F or SEND_B instruction",
                          rank_, ranks());
-    sends_.push_back({i, buffer.data(), static_cast<std::size_t>(buffer.size()), nullptr});
+    const auto count = static_cast<std::size_t>(buffer.size());
+    if (sizes_) sizes_->check_send(i, count, rank_);
+    sends_.push_back({i, buffer.data(), count, nullptr});
   }
+  // With a size rule, the count the receive must carry is the rule's (and
+  // the rule runs here, outside the network's lock); without one, 0: any.
   void post_recv(const instruction& i, Tensor& buffer) {
     detail::check_posted(i, is_recv(i.kind), "post_recv takes a RECV_F or RECV_B instruction",
                          rank_, ranks());
-    recvs_.push_back({i, nullptr, 0, &buffer});
+    recvs_.push_back({i, nullptr, sizes_ ? sizes_->elements_of(i, rank_) : 0, &buffer});
   }
 
   // Enqueues the batch (see the protocol above) and returns without waiting
@@ -113,8 +131,8 @@ class device_local_transport {
   struct posted {
     instruction at;
     const value_type* source;  // sends
-    std::size_t count;
-    Tensor* target;  // receives
+    std::size_t count;         // sends: the buffer's; receives: the rule's, or 0 without one
+    Tensor* target;            // receives
   };
 
   device_local_network<Tensor>* network_;
@@ -123,6 +141,7 @@ class device_local_transport {
   cuda::stream comm_;
   cuda::event compute_reached_;  // compute progress at commit, for this rank's copies
   cuda::event copies_done_;      // after this rank's copies, for its compute
+  std::optional<message_sizes> sizes_;
   std::vector<posted> sends_;
   std::vector<posted> recvs_;
 };
@@ -163,6 +182,27 @@ class device_local_network {
   // greatest priority so that transfers peers wait for are not queued behind
   // compute.
   device_local_transport<Tensor>& attach(int rank, cudaStream_t compute) {
+    return make_endpoint(rank, compute, std::nullopt);
+  }
+  // The same with a size rule: the endpoint checks its sends' buffers and its
+  // receives' carried counts against `sizes` (transport_error on a mismatch).
+  // Give every rank the same rule; a rank attached without one checks
+  // nothing, and its receives take whatever count the sender carried.
+  device_local_transport<Tensor>& attach(int rank, cudaStream_t compute, message_sizes sizes) {
+    return make_endpoint(rank, compute, std::move(sizes));
+  }
+
+  [[nodiscard]] bool aborted() const {
+    const std::lock_guard lock(mutex_);
+    return aborted_;
+  }
+
+ private:
+  friend class device_local_transport<Tensor>;
+  using value_type = typename Tensor::value_type;
+
+  device_local_transport<Tensor>& make_endpoint(int rank, cudaStream_t compute,
+                                                std::optional<message_sizes> sizes) {
     if (rank < 0 || rank >= ranks_)
       throw std::out_of_range("dualpipe::device_local_network: rank " + std::to_string(rank) +
                               " is outside 0.." + std::to_string(ranks_ - 1));
@@ -179,18 +219,10 @@ class device_local_network {
                              " is already attached");
     const int greatest = cuda::stream::priority_range().second;
     slot = std::make_unique<device_local_transport<Tensor>>(
-        typename device_local_transport<Tensor>::key{}, *this, rank, compute, greatest);
+        typename device_local_transport<Tensor>::key{}, *this, rank, compute, greatest,
+        std::move(sizes));
     return *slot;
   }
-
-  [[nodiscard]] bool aborted() const {
-    const std::lock_guard lock(mutex_);
-    return aborted_;
-  }
-
- private:
-  friend class device_local_transport<Tensor>;
-  using value_type = typename Tensor::value_type;
 
   // One commit's sends, owned here (not by the endpoint) so that a peer
   // acknowledging it never touches freed memory.
@@ -350,6 +382,7 @@ typename device_local_transport<Tensor>::ticket device_local_transport<Tensor>::
             rank_, "rank " + std::to_string(rank_) + ": " + format_action(r.at) + " met " +
                        format_action(found->at) + " from rank " + std::to_string(r.at.peer) +
                        ": expected the sending stage " + std::to_string(sent_stage));
+      if (sizes_) sizes_->check_received(r.at, found->at, found->count, r.count, rank_);
       const value_type* source = found->source;
       const std::size_t count = found->count;
       auto* from = found->from;

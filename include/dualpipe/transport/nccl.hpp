@@ -34,6 +34,7 @@
 #include "dualpipe/transport/errors.hpp"
 #include "dualpipe/schedule/action_syntax.hpp"
 #include "dualpipe/schedule/instruction.hpp"
+#include "dualpipe/transport/message_sizes.hpp"
 #include "dualpipe/transport/transport.hpp"
 
 namespace dualpipe::nccl {
@@ -305,7 +306,9 @@ namespace dualpipe {
 //     it reuses the sent buffers.
 // NCCL needs the receive size up front: every message holds
 // `message_elements` elements (the activation of one micro-batch at a stage
-// boundary, as the reference's fixed P2P tensor shape).
+// boundary, as the reference's fixed P2P tensor shape), or as many as a
+// message_sizes rule gives for it (message_sizes.hpp: every rank must be given
+// the same rule, since NCCL has no way to check that two ranks agree).
 //
 // NCCL does not allow two ranks of one communicator on one GPU: for several
 // pipeline ranks on one GPU use device_local_transport.
@@ -327,11 +330,19 @@ class nccl_transport {
   // stream this rank's stages enqueue on.
   nccl_transport(ncclComm_t comm, int pipeline_rank, int pipeline_ranks, cudaStream_t compute,
                  std::size_t message_elements, std::vector<int> rank_mapping = {})
+      : nccl_transport(comm, pipeline_rank, pipeline_ranks, compute, fixed_sizes(message_elements),
+                       std::move(rank_mapping)) {}
+
+  // The same with a size per message: `sizes` gives the element count of
+  // each message from its message_key, on the sender (which checks its buffer
+  // against it) and on the receiver (which sizes its buffer from it).
+  nccl_transport(ncclComm_t comm, int pipeline_rank, int pipeline_ranks, cudaStream_t compute,
+                 message_sizes sizes, std::vector<int> rank_mapping = {})
       : comm_(comm),
         rank_(pipeline_rank),
         ranks_(pipeline_ranks),
         compute_(compute),
-        message_elements_(message_elements),
+        sizes_(std::move(sizes)),
         mapping_(std::move(rank_mapping)),
         stream_(cuda::stream::priority_range().second) {
     if (comm == nullptr)
@@ -340,10 +351,6 @@ class nccl_transport {
       throw std::invalid_argument("dualpipe::nccl_transport: pipeline rank " +
                                   std::to_string(pipeline_rank) + " is outside 0.." +
                                   std::to_string(pipeline_ranks - 1));
-    if (message_elements == 0)
-      throw std::invalid_argument(
-          "dualpipe::nccl_transport: message_elements must be the element count of one message "
-          "(NCCL needs the receive size before the data arrives)");
     int comm_size = 0;
     DUALPIPE_NCCL_CHECK(ncclCommCount(comm_, &comm_size));
     int comm_rank = 0;
@@ -398,20 +405,19 @@ class nccl_transport {
     return mapping_.at(static_cast<std::size_t>(pipeline_rank));
   }
 
+  [[nodiscard]] const message_sizes& sizes() const noexcept { return sizes_; }
+
   void post_send(const instruction& i, const Tensor& buffer) {
     detail::check_posted(i, is_send(i.kind), "post_send takes a SEND_F or SEND_B instruction",
                          rank_, ranks_);
-    if (static_cast<std::size_t>(buffer.size()) != message_elements_)
-      throw transport_error(rank_, "rank " + std::to_string(rank_) + ": " + format_action(i) +
-                                       " sends " + std::to_string(buffer.size()) +
-                                       " elements; every message holds " +
-                                       std::to_string(message_elements_));
-    posted_.push_back({i, buffer.data(), nullptr});
+    const auto count = static_cast<std::size_t>(buffer.size());
+    sizes_.check_send(i, count, rank_);
+    posted_.push_back({i, buffer.data(), nullptr, count});
   }
   void post_recv(const instruction& i, Tensor& buffer) {
     detail::check_posted(i, is_recv(i.kind), "post_recv takes a RECV_F or RECV_B instruction",
                          rank_, ranks_);
-    posted_.push_back({i, nullptr, &buffer});
+    posted_.push_back({i, nullptr, &buffer, sizes_.elements_of(i, rank_)});
   }
 
   [[nodiscard]] ticket commit() {
@@ -423,10 +429,11 @@ class nccl_transport {
       throw pipeline_aborted(rank_, rank_, why_,
                              "rank " + std::to_string(rank_) + " stopped at a commit: " + why_);
     if (posted_.empty()) return {};
-    // Receive buffers get their size before the group (first step only).
+    // Receive buffers get their size before the group: in the first step
+    // only when every message has one size.
     for (posted& p : posted_)
-      if (p.target != nullptr && static_cast<std::size_t>(p.target->size()) != message_elements_)
-        p.target->resize(message_elements_);
+      if (p.target != nullptr && static_cast<std::size_t>(p.target->size()) != p.count)
+        p.target->resize(p.count);
     ready_.record(compute_);
     stream_.wait(ready_);
     using type = nccl::detail::nccl_type<value_type>;
@@ -434,7 +441,7 @@ class nccl_transport {
     try {
       for (const posted& p : posted_) {
         const int peer = mapping_[static_cast<std::size_t>(p.at.peer)];
-        const std::size_t count = message_elements_ * type::scale;
+        const std::size_t count = p.count * type::scale;
         if (p.target == nullptr)
           DUALPIPE_NCCL_CHECK(ncclSend(p.source, count, type::type, peer, comm_, stream_.get()));
         else
@@ -492,12 +499,21 @@ class nccl_transport {
     instruction at;
     const value_type* source;  // sends
     Tensor* target;            // receives
+    std::size_t count;         // elements, from the size rule
   };
   struct completion_slot {
     cuda::event done;
     std::uint64_t generation = 0;
     bool busy = false;
   };
+
+  static message_sizes fixed_sizes(std::size_t message_elements) {
+    if (message_elements == 0)
+      throw std::invalid_argument(
+          "dualpipe::nccl_transport: message_elements must be the element count of one message "
+          "(NCCL needs the receive size before the data arrives)");
+    return message_sizes(message_elements);
+  }
 
   // A completion event whose previous batch has finished (or a new one:
   // warm-up only).
@@ -521,7 +537,7 @@ class nccl_transport {
   int rank_;
   int ranks_;
   cudaStream_t compute_;
-  std::size_t message_elements_;
+  message_sizes sizes_;
   std::vector<int> mapping_;
   cuda::stream stream_;
   cuda::event ready_;
