@@ -6,12 +6,16 @@
 // markdown (docs/benchmarks.md holds its output). Not a timing benchmark:
 // every number is a count of cost units, identical on every machine.
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdio>
+#include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "dualpipe/analysis/simulate.hpp"
+#include "dualpipe/analysis/validate.hpp"
 #include "dualpipe/schedule/dualpipe.hpp"
 #include "dualpipe/schedule/gpipe.hpp"
 #include "dualpipe/schedule/interleaved_1f1b.hpp"
@@ -159,6 +163,182 @@ void same_devices_table(const cost_model& model) {
   std::printf("\n");
 }
 
+// DualPipe (V = false) or DualPipeV whose padding micro-batches are the last
+// chunks of each direction instead of the first: the alternative that the
+// few-micro-batch table compares against (the library drops the first).
+template <bool V>
+struct drop_last_generator {
+  std::int32_t ranks = 0;
+  std::int32_t microbatches = 0;
+  generator_options options{};
+
+  static constexpr schedule_kind kind = V ? dualpipev_generator::kind : dualpipe_generator::kind;
+  static constexpr std::string_view summary = "DualPipe(V), padding dropped from the end";
+  [[nodiscard]] constexpr std::string_view violation() const noexcept {
+    return detail::dualpipe_violation(ranks, microbatches, V);
+  }
+  [[nodiscard]] constexpr int stages() const noexcept { return V ? 2 * ranks : ranks; }
+  template <class Emit>
+  constexpr void emit_rank(int rank, Emit emit) const {
+    detail::dualpipe_rank_walk<Emit>(ranks, microbatches, V, options, rank, emit,
+                                     detail::padding_chunks::last)
+        .run();
+  }
+};
+
+// The simulation of a table on D devices training one model, each stage
+// costing its share as in same_devices_table.
+simulation on_devices(const schedule_table& t, int D, const cost_model& model) {
+  const int stages = t.info().stages;
+  const double share =
+      t.info().where == placement::mirrored ? 1.0 : static_cast<double>(D) / stages;
+  const std::vector<double> scale(static_cast<std::size_t>(stages), share);
+  cost_model c = model;
+  c.stage_scale = scale;
+  return simulate(t, c);
+}
+
+// "makespan (largest bubble)" on D devices, for a table that validates.
+std::string cell(const schedule_table& t, int D, const cost_model& model) {
+  if (!validate(t)) return "invalid!";
+  const simulation sim = on_devices(t, D, model);
+  return number(sim.makespan) + " (" + number(sim.bubble_max) + ")";
+}
+
+template <class Make>
+std::string if_accepted(Make make, int D, const cost_model& model) {
+  try {
+    return cell(make(), D, model);
+  } catch (const std::invalid_argument&) {
+    return "refused";
+  }
+}
+
+// DualPipe and DualPipeV below the reference's limits (N < 2P, odd N) against
+// 1F1B and ZB1P at the same N (GPipe where those refuse N < P), and the
+// padding dropped first (the library's choice) against dropped last.
+void few_microbatches_table(const setting& s) {
+  const cost_model& model = s.costs;
+  std::printf(
+      "### %s\n\nCosts per stage and micro-batch of a D-stage split: %s. Each cell is "
+      "makespan (largest rank bubble); DualPipeV's 2D stages cost half.\n\n",
+      s.title, costs_text(model).c_str());
+  std::printf(
+      "| D | N | GPipe | 1F1B | ZB1P | DualPipe | DualPipe, drop last | DualPipeV | "
+      "DualPipeV, drop last |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (const int D : {4, 8, 16}) {
+    std::vector<int> counts;
+    for (int N = 1; N < 2 * D; ++N)
+      if (D <= 8 || N <= 4 || N % 2 == 1 || N == D) counts.push_back(N);
+    counts.push_back(2 * D);
+    counts.push_back(2 * D + 1);
+    counts.push_back(4 * D + 1);
+    for (const int N : counts) {
+      std::printf(
+          "| %d | %d | %s | %s | %s | %s | %s | %s | %s |\n", D, N,
+          if_accepted([&] { return schedules::gpipe(D, N, compute_only); }, D, model).c_str(),
+          if_accepted([&] { return schedules::one_f_one_b(D, N, compute_only); }, D, model).c_str(),
+          if_accepted([&] { return schedules::zb1p(D, N, compute_only); }, D, model).c_str(),
+          cell(schedules::dualpipe(D, N, compute_only), D, model).c_str(),
+          cell(make_table(drop_last_generator<false>{D, N, compute_only}), D, model).c_str(),
+          cell(schedules::dualpipev(D, N, compute_only), D, model).c_str(),
+          cell(make_table(drop_last_generator<true>{D, N, compute_only}), D, model).c_str());
+    }
+  }
+  std::printf("\n");
+}
+
+// The padded table with only the chunks in `keep[dir]` (bit c: the c-th
+// micro-batch of direction dir in the padded walk) left, renumbered in order,
+// a pair that lost a half replaced by its other half, and empty commits gone.
+schedule_table keep_chunks(const schedule_table& padded, int walked, bool v, const unsigned keep[2],
+                           int microbatches) {
+  schedule_info info = padded.info();
+  info.microbatches = microbatches;
+  const int held0 = std::popcount(keep[0]);
+  auto real = [&](int mb) {
+    const int dir = !v && mb >= walked ? 1 : 0;
+    const int chunk = dir == 1 ? mb - walked : mb;
+    if (((keep[dir] >> chunk) & 1u) == 0) return -1;
+    const int index = std::popcount(keep[dir] & ((1u << chunk) - 1u));
+    return dir == 1 ? held0 + index : index;
+  };
+  schedule_table out(info);
+  for (int r = 0; r < padded.info().ranks; ++r) {
+    bool posted = false;
+    for (const instruction& x : padded.rank(r)) {
+      if (x.kind == op::commit) {
+        if (posted) out.push(x);
+        posted = false;
+      } else if (x.kind == op::overlapped_forward_backward) {
+        const int f = real(x.microbatch), b = real(x.microbatch_b);
+        if (f >= 0 && b >= 0)
+          out.push(make_overlapped(x.stage, f, x.stage_b, b));
+        else if (f >= 0)
+          out.push(make_forward(x.stage, f));
+        else if (b >= 0)
+          out.push(make_backward(x.stage_b, b));
+      } else if (const int m = real(x.microbatch); m >= 0) {
+        instruction kept = x;
+        kept.microbatch = m;
+        out.push(kept);
+        posted = posted || is_communication(x.kind);
+      }
+    }
+    out.end_rank();
+  }
+  return out;
+}
+
+// For every N below the reference's limit on D devices: the makespan of the
+// library's table (padding dropped first) against the best of every way to
+// choose which chunks of the padded walk stay (all subsets of the right
+// sizes, each table validated), under the first setting's costs.
+void padding_search_table(const setting& s) {
+  const cost_model& model = s.costs;
+  std::printf(
+      "### Which micro-batches to drop, every choice tried: %s\n\n"
+      "The padded walk has M chunks per direction; any n of them (n = N/2 and N - N/2 for "
+      "DualPipe, N for DualPipeV) can hold the real micro-batches. This tries every choice, "
+      "validates each table and keeps the shortest makespan on D devices (DualPipeV's 2D stages "
+      "cost half), with the costs %s.\n\n"
+      "| schedule | D | N | choices tried | makespan, padding dropped first | best of all choices "
+      "|\n"
+      "|---|---:|---:|---:|---:|---:|\n",
+      s.title, costs_text(model).c_str());
+  for (const bool v : {false, true})
+    for (const int D : {4, 8}) {
+      const int walked = v ? 2 * D : D;  // the reference's fewest per direction
+      for (int N = 1; N < 2 * D; ++N) {
+        const int held[2] = {v ? N : N / 2, v ? N : N - N / 2};
+        const schedule_table padded = v ? schedules::dualpipev(D, walked, compute_only)
+                                        : schedules::dualpipe(D, 2 * walked, compute_only);
+        const double ours = on_devices(v ? schedules::dualpipev(D, N, compute_only)
+                                         : schedules::dualpipe(D, N, compute_only),
+                                       D, model)
+                                .makespan;
+        double best = ours;
+        long tried = 0;
+        const unsigned all = 1u << walked;
+        for (unsigned a = 0; a < all; ++a) {
+          if (std::popcount(a) != held[0]) continue;
+          for (unsigned b = 0; b < all; ++b) {
+            if (v ? b != a : std::popcount(b) != held[1]) continue;
+            const unsigned keep[2] = {a, b};
+            const schedule_table t = keep_chunks(padded, walked, v, keep, N);
+            ++tried;
+            if (!validate(t)) continue;
+            best = std::min(best, on_devices(t, D, model).makespan);
+          }
+        }
+        std::printf("| %s | %d | %d | %ld | %s | %s%s |\n", v ? "DualPipeV" : "DualPipe", D, N,
+                    tried, number(ours).c_str(), number(best).c_str(),
+                    best < ours - 1e-9 ? " (shorter)" : "");
+      }
+    }
+  std::printf("\n");
+}
+
 }  // namespace
 
 int main() {
@@ -186,5 +366,15 @@ int main() {
       "Parameters and activations are in units of one stage (one PP-th of the model).\n\n");
   for (const setting& s : settings) published_table(s);
   same_devices_table({.forward = 1, .backward = 2, .weight = 1, .overlapped = 2.5, .comm = 0});
+  std::printf(
+      "## Few micro-batches: DualPipe and DualPipeV for N < 2P and odd N\n\n"
+      "The reference refuses these sizes; the library walks the smallest count it accepts and "
+      "drops the padding micro-batches (docs/schedules.md). D devices train one model: 1F1B, "
+      "ZB1P, GPipe and DualPipe cut it into D stages, DualPipeV into 2D. Every table here "
+      "validates.\n\n");
+  few_microbatches_table(settings[0]);
+  few_microbatches_table(settings[4]);
+  padding_search_table(settings[0]);
+  padding_search_table(settings[4]);
   return 0;
 }

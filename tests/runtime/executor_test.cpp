@@ -5,6 +5,7 @@
 // a precise message, and after the first step nothing allocates.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -300,7 +301,10 @@ std::vector<std::pair<std::string, dualpipe::schedule_table>> tables_at(int P, i
 
 TEST_CASE("every rank calls its stages exactly as its table says, on the right buffers",
           "[executor]") {
-  for (const auto& [P, N] : std::vector<std::pair<int, int>>{{2, 4}, {4, 8}, {4, 10}, {6, 12}}) {
+  // The sizes below 2P and the odd ones run DualPipe's padded tables (and
+  // DualPipeV's on one rank); every other schedule that accepts them too.
+  for (const auto& [P, N] : std::vector<std::pair<int, int>>{
+           {2, 4}, {4, 8}, {4, 10}, {6, 12}, {2, 1}, {4, 3}, {4, 7}, {6, 5}, {1, 1}, {1, 3}}) {
     for (const auto& [name, table] : tables_at(P, N)) {
       CAPTURE(name, P, N);
       const auto runs = run_all<true>(table);
@@ -323,6 +327,27 @@ TEST_CASE("every rank calls its stages exactly as its table says, on the right b
         }
       }
     }
+  }
+}
+
+TEST_CASE("a DualPipe rank holds both its stages even when one direction has no micro-batch",
+          "[executor]") {
+  // N = 1: the one micro-batch enters at rank P-1, so rank r never runs
+  // stage r; it holds it all the same, and mirror ranks hold the same stages.
+  const auto table = dualpipe::schedules::dualpipe(4, 1);
+  dualpipe::in_process_network<token> net(4);
+  std::vector<std::unique_ptr<recording_stage<true>>> stages;
+  auto stage_of = [&](int s) -> recording_stage<true>& {
+    stages.push_back(std::make_unique<recording_stage<true>>());
+    stages.back()->stage = s;
+    return *stages.back();
+  };
+  for (int r = 0; r < 4; ++r) {
+    CAPTURE(r);
+    executor_t<true> ex(table, net.endpoint(r), stage_of);
+    const int low = std::min(r, 3 - r), high = std::max(r, 3 - r);
+    REQUIRE(std::vector<int>(ex.local_stages().begin(), ex.local_stages().end()) ==
+            std::vector<int>{low, high});
   }
 }
 

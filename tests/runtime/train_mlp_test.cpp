@@ -94,6 +94,18 @@ TEST_CASE("the smallest legal DualPipe and DualPipeV, and f32", "[train-mlp]") {
   check<double>("dualpipe", dualpipe::schedules::dualpipe(4, 20), 16, 3);
 }
 
+TEST_CASE("DualPipe and DualPipeV train for every N the reference refuses", "[train-mlp][any-n]") {
+  // Odd N and N < 2P (padded, then dropped), and DualPipeV on one rank.
+  for (const int P : {2, 4, 6, 8})
+    for (int N = 1; N <= 2 * P + 1; ++N)
+      if (N % 2 == 1 || N < 2 * P) check<double>("dualpipe", dualpipe::schedules::dualpipe(P, N), 8, 2);
+  for (const int P : {1, 2, 3, 5, 8})
+    for (int N = 1; N < 2 * P; ++N)
+      check<double>("dualpipev", dualpipe::schedules::dualpipev(P, N), 8, 2);
+  check<float>("dualpipe", dualpipe::schedules::dualpipe(8, 5), 16, 3);
+  check<float>("dualpipev", dualpipe::schedules::dualpipev(4, 3), 16, 3);
+}
+
 TEST_CASE("compute-only tables are lowered and train the same", "[train-mlp]") {
   check<double>("dualpipe", dualpipe::schedules::dualpipe(4, 8, {.with_communication = false}), 8,
                 2);

@@ -120,14 +120,14 @@ TEST_CASE("kinds compare by name and carry their generator's placement", "[model
 }
 
 TEST_CASE("the run-time and compile-time errors of a generator share one sentence", "[model]") {
-  constexpr dualpipe_generator odd{4, 7};
+  constexpr dualpipe_generator odd{5, 8};
   CHECK(broken_rule(odd) ==
-        "DualPipe needs an even number of micro-batches (N even): half enter at each end");
+        "DualPipe needs an even number of ranks (P even): rank r pairs with its mirror P-1-r");
   REQUIRE_THROWS_WITH(
-      schedules::dualpipe(4, 7),
-      "DualPipe needs an even number of micro-batches (N even): half enter at each end "
-      "(got P=4, N=7)");
-  CHECK(broken_rule(dualpipe_generator{4, 8}).empty());
+      schedules::dualpipe(5, 8),
+      "DualPipe needs an even number of ranks (P even): rank r pairs with its mirror P-1-r "
+      "(got P=5, N=8)");
+  CHECK(broken_rule(dualpipe_generator{4, 7}).empty());
 }
 
 TEST_CASE("the forward-only pass of a DualPipe table is DualPipe's own inference table",

@@ -266,7 +266,7 @@ TEST_CASE("bad usage is one line on stderr and exit 2") {
        "B=1,W=2"},
       {"simulate", "--schedule", "dualpipe", "--ranks", "4", "--microbatches", "8", "--format",
        "xml"},
-      {"simulate", "--schedule", "dualpipe", "--ranks", "4", "--microbatches", "7"},
+      {"simulate", "--schedule", "dualpipe", "--ranks", "3", "--microbatches", "7"},
       {"simulate", "--input", "/nonexistent/file.csv"},
       {"simulate", "--input", "/tmp", "--format", "json"},
       {"validate"},

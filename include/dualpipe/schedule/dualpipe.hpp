@@ -16,19 +16,20 @@ namespace dualpipe {
 
 namespace detail {
 
-// The first constraint (P, N) breaks, as a sentence, or an empty view.
+// The first constraint (P, N) breaks, as a sentence, or an empty view. Every
+// N >= 1 is allowed: below the reference's own limits (N even for DualPipe,
+// N >= 2P for both) the walk pads and drops, see dualpipe_rank_walk.
 [[nodiscard]] constexpr std::string_view dualpipe_violation(std::int64_t ranks,
                                                             std::int64_t microbatches,
                                                             bool v_shape) noexcept {
-  if (ranks < 2) return "needs at least 2 ranks (P >= 2)";
+  if (v_shape && ranks < 1) return "needs at least 1 rank (P >= 1)";
+  if (!v_shape && ranks < 2) return "needs at least 2 ranks (P >= 2)";
   if (ranks > max_ranks) return "supports at most 16384 ranks (P <= 16384)";
   if (!v_shape && ranks % 2 != 0)
     return "needs an even number of ranks (P even): rank r pairs with its mirror P-1-r";
+  if (microbatches < 1) return "needs at least 1 micro-batch (N >= 1)";
   if (microbatches > max_microbatches)
     return "supports at most 4194304 micro-batches (N <= 4194304)";
-  if (!v_shape && microbatches % 2 != 0)
-    return "needs an even number of micro-batches (N even): half enter at each end";
-  if (microbatches < 2 * ranks) return "needs at least twice as many micro-batches as ranks (N >= 2P)";
   return {};
 }
 
@@ -37,27 +38,54 @@ namespace detail {
 // communication counters are kept per direction exactly as the reference keeps
 // its chunk ids, and posted sends/receives are flushed by a commit before each
 // compute, as its _commit_and_wait_comm does.
+//
+// Micro-batch counts the reference refuses (odd N for DualPipe, N < 2P for
+// both) are walked as the smallest count it accepts, M per direction, and
+// every instruction of a padding micro-batch (by default the first M - n
+// chunks of a direction holding n) is dropped as it is emitted: its compute,
+// its sends and receives, its deferred W (the FIFO keeps its place, so the W
+// slots of the real micro-batches stay where the reference put them), and
+// commits left empty. An overlapped pair that loses one half becomes the
+// other half alone, a plain forward or a full backward. What is kept is the
+// padded table with some micro-batches taken out; it validates by
+// construction (no wait gains a dependency) and tests check every size.
+// Where the reference accepts N, nothing is padded and the table is the
+// reference's. Why the first chunks: bench/bubbles tries every choice of
+// chunks for P <= 8 and none is shorter under the paper's costs (with
+// latency and no overlap gain, one is up to 1% shorter for P < N < 2P), see
+// docs/schedules.md.
+enum class padding_chunks : std::uint8_t { first, last };
+
 template <class Emit>
 class dualpipe_rank_walk {
  public:
   constexpr dualpipe_rank_walk(int ranks, int microbatches, bool v_shape, generator_options options,
-                               int rank, Emit emit)
+                               int rank, Emit emit, padding_chunks padding = padding_chunks::first)
       : P_(ranks),
-        N_(microbatches),
         v_(v_shape),
         opt_(options),
         r_(rank),
         emit_(emit),
         second_half_(!v_shape && rank >= ranks / 2),
         first_rank_(rank == 0),
-        last_rank_(rank == ranks - 1) {}
+        last_rank_(rank == ranks - 1) {
+    // Real micro-batches per direction: DualPipe's first N/2 (rounded down,
+    // as placement::mirrored says) enter at rank 0, the rest at rank P-1; in
+    // DualPipeV every micro-batch travels both legs.
+    held_[0] = v_shape ? microbatches : microbatches / 2;
+    held_[1] = v_shape ? microbatches : microbatches - microbatches / 2;
+    const int h = v_shape ? ranks : ranks / 2;
+    walked_ = held_[1] > 2 * h ? held_[1] : 2 * h;
+    for (int dir = 0; dir < 2; ++dir)
+      skipped_[dir] = padding == padding_chunks::first ? walked_ - held_[dir] : 0;
+  }
 
   constexpr void run() {
     // DualPipeV is DualPipe with h -> P, k -> r, N/2 -> N, P -> 2P and the
     // middle ranks replaced by the last rank.
     const int h = v_ ? P_ : P_ / 2;
     const int k = v_ ? r_ : (r_ < P_ - 1 - r_ ? r_ : P_ - 1 - r_);
-    const int per_direction = v_ ? N_ : N_ / 2;
+    const int per_direction = walked_;
     const bool middle = v_ ? last_rank_ : (r_ == P_ / 2 - 1 || r_ == P_ / 2);
 
     // Step 1: warm-up forwards of phase 0.
@@ -141,8 +169,12 @@ class dualpipe_rank_walk {
     if (v_) return dir == 0 ? r_ : 2 * P_ - 1 - r_;
     return dir == 0 ? r_ : P_ - 1 - r_;
   }
+  // The micro-batch of a direction's chunk-th, or dropped for padding.
+  static constexpr int dropped = -1;
   [[nodiscard]] constexpr int microbatch_of(int dir, int chunk) const noexcept {
-    return (!v_ && dir == 1) ? N_ / 2 + chunk : chunk;
+    const int real = chunk - skipped_[dir];
+    if (real < 0 || real >= held_[dir]) return dropped;
+    return (!v_ && dir == 1) ? held_[0] + real : real;
   }
   [[nodiscard]] constexpr bool first_stage(int dir) const noexcept {
     if (v_) return first_rank_ && dir == 0;
@@ -168,9 +200,10 @@ class dualpipe_rank_walk {
   }
 
   constexpr void post(op kind, int dir, int chunk, int peer) {
+    const int mb = microbatch_of(dir, chunk);
+    if (mb == dropped) return;
     ++pending_;
-    if (opt_.with_communication)
-      emit_(make_communication(kind, stage_of(dir), microbatch_of(dir, chunk), peer));
+    if (opt_.with_communication) emit_(make_communication(kind, stage_of(dir), mb, peer));
   }
   constexpr void commit() {
     if (pending_ == 0) return;
@@ -203,7 +236,8 @@ class dualpipe_rank_walk {
 
   constexpr void forward_compute(int phase) {
     const int dir = direction(phase);
-    emit_(make_forward(stage_of(dir), microbatch_of(dir, count_[dir].forward++)));
+    const int mb = microbatch_of(dir, count_[dir].forward++);
+    if (mb != dropped) emit_(make_forward(stage_of(dir), mb));
   }
   constexpr void backward_compute(int phase, bool defer_weight) {
     if (opt_.forward_only) return;
@@ -211,9 +245,9 @@ class dualpipe_rank_walk {
     const int stage = stage_of(dir);
     const int mb = microbatch_of(dir, count_[dir].backward++);
     if (defer_weight) {
-      deferred_.defer(stage, mb);
-      emit_(make_backward_input(stage, mb));
-    } else {
+      deferred_.defer(stage, mb);  // a dropped one too: later Ws keep their slots
+      if (mb != dropped) emit_(make_backward_input(stage, mb));
+    } else if (mb != dropped) {
       emit_(make_backward(stage, mb));
     }
   }
@@ -226,7 +260,12 @@ class dualpipe_rank_walk {
     const int dir_b = direction(phase_b);
     const int f_mb = microbatch_of(dir_f, count_[dir_f].forward++);
     const int b_mb = microbatch_of(dir_b, count_[dir_b].backward++);
-    emit_(make_overlapped(stage_of(dir_f), f_mb, stage_of(dir_b), b_mb));
+    if (f_mb != dropped && b_mb != dropped)
+      emit_(make_overlapped(stage_of(dir_f), f_mb, stage_of(dir_b), b_mb));
+    else if (f_mb != dropped)
+      emit_(make_forward(stage_of(dir_f), f_mb));
+    else if (b_mb != dropped)
+      emit_(make_backward(stage_of(dir_b), b_mb));
   }
 
   constexpr void forward_chunk(int phase, bool recv = true, bool send = true) {
@@ -254,15 +293,18 @@ class dualpipe_rank_walk {
     if (opt_.forward_only) return;
     commit();
     const deferred_weight oldest = deferred_.pop();
-    emit_(make_backward_weight(oldest.stage, oldest.microbatch));
+    if (oldest.microbatch != dropped) emit_(make_backward_weight(oldest.stage, oldest.microbatch));
   }
 
-  int P_, N_;
+  int P_;
   bool v_;
   generator_options opt_;
   int r_;
   Emit emit_;
   bool second_half_, first_rank_, last_rank_;
+  int held_[2]{};     // real micro-batches per direction
+  int walked_ = 0;    // micro-batches per direction the reference's walk takes
+  int skipped_[2]{};  // padding chunks before the real ones, per direction
   direction_counters count_[2]{};
   int pending_ = 0;
   deferred_weights deferred_{};
@@ -281,7 +323,7 @@ struct dualpipe_generator {
 
   static constexpr schedule_kind kind{"dualpipe", "DualPipe", placement::mirrored};
   static constexpr std::string_view summary =
-      "DualPipe: rank r holds stages r and P-1-r; P even, N even, N >= 2P";
+      "DualPipe: rank r holds stages r and P-1-r; P even, N >= 1";
 
   // The first rule (P, N) break, as a sentence, or an empty view.
   [[nodiscard]] constexpr std::string_view violation() const noexcept {
@@ -305,7 +347,7 @@ struct dualpipev_generator {
 
   static constexpr schedule_kind kind{"dualpipev", "DualPipeV", placement::v_shape};
   static constexpr std::string_view summary =
-      "DualPipeV: 2P stages in a V, rank r holds r and 2P-1-r; N >= 2P";
+      "DualPipeV: 2P stages in a V, rank r holds r and 2P-1-r; P >= 1, N >= 1";
 
   // The first rule (P, N) break, as a sentence, or an empty view.
   [[nodiscard]] constexpr std::string_view violation() const noexcept {

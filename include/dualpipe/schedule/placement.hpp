@@ -14,7 +14,7 @@ namespace dualpipe {
 enum class placement : std::uint8_t {
   linear,    // stage s on rank s % ranks (one stage per rank, or interleaved loops)
   v_shape,   // stage s on rank s for s < ranks, else on rank 2*ranks-1-s
-  mirrored,  // DualPipe: micro-batch m < N/2 runs stage s on rank s, otherwise on ranks-1-s
+  mirrored,  // DualPipe: m < N/2 (rounded down) on rank s, the others on ranks-1-s
   explicit_map,  // a per-stage rank list carried by the table (imported tables)
 };
 
@@ -46,6 +46,17 @@ enum class placement : std::uint8_t {
                  : -1;
   }
   return -1;
+}
+
+// Whether `rank` holds model stage `stage` (its weights live there), whether
+// or not a micro-batch of the step runs it: DualPipe's rank r holds stages r
+// and ranks-1-r even when one direction carries no micro-batch (N = 1).
+[[nodiscard]] constexpr bool holds_stage(placement where, int ranks, int stages, int stage,
+                                         int rank,
+                                         std::span<const std::int32_t> stage_ranks = {}) noexcept {
+  if (stage < 0 || stage >= stages || rank < 0 || rank >= ranks) return false;
+  if (where == placement::mirrored) return stage == rank || stage == ranks - 1 - rank;
+  return stage_rank(where, ranks, stages, 0, stage, 0, stage_ranks) == rank;
 }
 
 // The rank holding the other copy of `rank`'s stages: under the mirrored

@@ -1,4 +1,5 @@
-// Where one rank's data lives in a table: the model stages it holds, and the
+// Where one rank's data lives in a table: the model stages it holds (those its
+// instructions name and those the placement gives it), and the
 // micro-batches that enter (stage 0) and leave (the last stage) there. Built
 // once by the executor from the rank's own instructions and the placement.
 #pragma once
@@ -49,6 +50,12 @@ class rank_layout {
       mark_local(x.stage, x);
       if (x.kind == op::overlapped_forward_backward) mark_local(x.stage_b, x);
     }
+    // Stages the placement gives this rank that no instruction here runs
+    // (DualPipe with N = 1 sends nothing one way) are held all the same, so
+    // mirror ranks hold the same stages and their gradients line up.
+    for (int s = 0; s < S; ++s)
+      if (holds_stage(info.where, info.ranks, S, s, rank, stage_ranks))
+        local_index_[static_cast<std::size_t>(s)] = 0;
     int next = 0;
     for (int s = 0; s < S; ++s)
       if (local_index_[static_cast<std::size_t>(s)] != none) {
