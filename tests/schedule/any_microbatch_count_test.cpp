@@ -154,8 +154,10 @@ TEST_CASE("below the reference's limits a table is the padded table without the 
         }
 }
 
-TEST_CASE("where the reference is defined nothing is padded", "[any-n]") {
-  // N even and >= 2P (DualPipe), N >= 2P (DualPipeV): the padded count is N.
+TEST_CASE("this file's padding arithmetic pads nothing where the reference is defined", "[any-n]") {
+  // N even and >= 2P (DualPipe), N >= 2P (DualPipeV): the padded count is N,
+  // so the test above compares those tables with themselves; the reference's
+  // own order for them is dualpipe_reference_order_test's.
   for (const int P : {2, 4, 8})
     for (const int N : {2 * P, 2 * P + 2, 4 * P}) {
       CHECK(padding_map(false, P, N).padded_count() == N);

@@ -443,13 +443,7 @@ class executor {
     try {
       f();
     } catch (...) {
-      std::string original = "unknown exception";
-      try {
-        throw;
-      } catch (const std::exception& e) {
-        original = e.what();
-      } catch (...) {
-      }
+      const std::string original = handled_exception_text("unknown exception");
       std::throw_with_nested(stage_error(
           rank_, "dualpipe: rank " + std::to_string(rank_) + " failed in " + what + " of " +
                      format_action(x) + " (instruction " + std::to_string(index) +

@@ -4,10 +4,24 @@
 // instruction involved.
 #pragma once
 
+#include <exception>
 #include <stdexcept>
 #include <string>
 
 namespace dualpipe {
+
+// Inside a catch block: the message of the exception being handled, or
+// `otherwise` when it is not a std::exception. For errors that name the
+// original and nest it (std::throw_with_nested).
+[[nodiscard]] inline std::string handled_exception_text(const char* otherwise) {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return otherwise;
+  }
+}
 
 // Base of every run-time pipeline failure. rank(): the rank that throws it.
 class pipeline_error : public std::runtime_error {

@@ -101,13 +101,7 @@ class message_sizes {
     try {
       n = rule_(key);
     } catch (...) {
-      std::string original = "an exception of unknown type";
-      try {
-        throw;
-      } catch (const std::exception& e) {
-        original = e.what();
-      } catch (...) {
-      }
+      const std::string original = handled_exception_text("an exception of unknown type");
       std::throw_with_nested(transport_error(
           rank, "rank " + std::to_string(rank) + ": the message size rule failed for " +
                     format_action(i) + " (" + describe(key) + "): " + original));
