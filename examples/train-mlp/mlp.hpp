@@ -15,6 +15,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <numbers>
@@ -24,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "dualpipe/schedule/table.hpp"
 #include "dualpipe/transport/wire.hpp"
 #include "gelu.hpp"
 
@@ -400,6 +402,30 @@ template <class Real>
           std::isnan(d) ? HUGE_VAL : std::max(c.worst_gradient_difference, d);
   }
   return c;
+}
+
+// The verdict both examples print, one line per check, ending in PASS or
+// FAIL; returns c.ok().
+inline bool print_comparison(const comparison& c, const dualpipe::schedule_info& info,
+                             int overlapped_calls) {
+  const auto verdict = [](bool ok) { return ok ? "ok  " : "FAIL"; };
+  std::printf("%s training losses of %d micro-batches bitwise equal to the un-pipelined model",
+              verdict(c.train_losses_equal), info.microbatches);
+  if (c.first_loss_mismatch >= 0)
+    std::printf(" (first mismatch: micro-batch %d)", c.first_loss_mismatch);
+  std::printf("\n%s inference losses bitwise equal\n", verdict(c.infer_losses_equal));
+  std::printf("%s inference outputs bitwise equal", verdict(c.outputs_equal));
+  if (c.first_output_mismatch >= 0)
+    std::printf(" (first mismatch: micro-batch %d)", c.first_output_mismatch);
+  std::printf("\n%s weight gradients of %d stages agree: max 1 - cos = %.3g (tolerance %.0e)\n",
+              verdict(c.gradients_agree()), info.stages, c.worst_gradient_difference,
+              c.gradient_tolerance);
+  if (info.where == dualpipe::placement::mirrored)
+    std::printf("%s mirrored copies (rank r and rank P-1-r) hold identical summed gradients\n",
+                verdict(c.copies_identical));
+  std::printf("     overlapped forward-backward hook calls: %d\n", overlapped_calls);
+  std::printf("%s\n", c.ok() ? "PASS" : "FAIL");
+  return c.ok();
 }
 
 }  // namespace train_mlp

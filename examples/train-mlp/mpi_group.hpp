@@ -1,16 +1,20 @@
-// The train-mlp example's collectives (see thread_group.hpp for what each
-// does) for ranks that are MPI processes: one rank per process of a
-// communicator, rank 0 of the communicator being rank 0 of the group.
+// The examples' collectives (see thread_group.hpp for what each does) for
+// ranks that are MPI processes: one rank per process of a communicator, rank
+// 0 of the communicator being rank 0 of the group. Also the frame of an
+// example's MPI job (MPI_Init and MPI_Finalize, the job's size against
+// --ranks).
 #pragma once
 
 #include <mpi.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <span>
 #include <type_traits>
 #include <vector>
 
+#include "command_line.hpp"
 #include "dualpipe/transport/mpi.hpp"
 
 namespace train_mlp {
@@ -92,5 +96,38 @@ class mpi_group {
   int rank_ = 0;
   int size_ = 0;
 };
+
+// MPI_Init and MPI_Finalize around everything a process does (the library
+// never calls them); whatever holds MPI resources lives inside.
+class mpi_session {
+ public:
+  mpi_session(int& argc, char**& argv) { DUALPIPE_MPI_CHECK(MPI_Init(&argc, &argv)); }
+  mpi_session(const mpi_session&) = delete;
+  mpi_session& operator=(const mpi_session&) = delete;
+  ~mpi_session() { (void)MPI_Finalize(); }
+};
+
+// An example's MPI job: inside an mpi_session, the job's size checked
+// against --ranks, then run_job (the header printed by rank 0). 2 when the
+// job has the wrong size or the settings name no table.
+template <class Header, class Run>
+int run_mpi_job(int& argc, char**& argv, const run_settings& cfg, const char* program,
+                Header&& header, Run&& run) {
+  const mpi_session session(argc, argv);
+  int rank = 0, size = 0;
+  DUALPIPE_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+  DUALPIPE_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
+  if (size != cfg.ranks) {
+    if (rank == 0)
+      std::fprintf(stderr,
+                   "%s: the MPI job has %d process%s but --ranks is %d (start it with mpirun "
+                   "-np %d)\n",
+                   program, size, size == 1 ? "" : "es", cfg.ranks, cfg.ranks);
+    return 2;
+  }
+  const int code = run_job(cfg, program, rank == 0, header, run);
+  std::fflush(stdout);  // before MPI_Finalize, so mpirun has all of it when the job ends
+  return code;
+}
 
 }  // namespace train_mlp

@@ -215,24 +215,13 @@ template <class Real>
   dualpipe::in_process_network<tensor<Real>> network(P, options.timeout);
   thread_group group(P);
   std::optional<step_record<Real>> out;
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(P));
-  {
-    std::vector<std::jthread> threads;
-    for (int r = 0; r < P; ++r)
-      threads.emplace_back([&, r] {
-        try {
-          thread_group::member me = group.at(r);
-          pipeline_rank<Real, dualpipe::in_process_transport<tensor<Real>>> rank(
-              table, network.endpoint(r), model, data, options.failing_rank);
-          auto record = gather_record(me, rank.checked_step(me), table.info, rows, hidden);
-          if (record) out = std::move(record);
-        } catch (...) {
-          errors[static_cast<std::size_t>(r)] = std::current_exception();
-        }
-      });
-  }
-  for (const auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  on_rank_threads(P, [&](int r) {
+    thread_group::member me = group.at(r);
+    pipeline_rank<Real, dualpipe::in_process_transport<tensor<Real>>> rank(
+        table, network.endpoint(r), model, data, options.failing_rank);
+    auto record = gather_record(me, rank.checked_step(me), table.info, rows, hidden);
+    if (record) out = std::move(record);
+  });
   return std::move(*out);
 }
 

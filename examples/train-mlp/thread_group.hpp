@@ -16,16 +16,19 @@
 //       rank 0's value on every rank
 //
 // All of them are collective: every rank of the group calls them in the same
-// order. T is int, std::int64_t, float or double.
+// order. T is int, std::int64_t, float or double. on_rank_threads runs one
+// thread per rank. train-torch shares all of it.
 #pragma once
 
 #include <algorithm>
 #include <barrier>
 #include <cstddef>
 #include <cstring>
+#include <exception>
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -127,5 +130,25 @@ class thread_group {
   std::barrier<> sync_;
   std::vector<std::vector<std::byte>> board_;  // one slot per rank
 };
+
+// Runs body(r) for r = 0..ranks-1, each on a thread of its own, and returns
+// when every one is done; then rethrows the lowest rank's exception, if any.
+template <class Body>
+void on_rank_threads(int ranks, Body&& body) {
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(ranks));
+  {
+    std::vector<std::jthread> threads;
+    for (int r = 0; r < ranks; ++r)
+      threads.emplace_back([&, r] {
+        try {
+          body(r);
+        } catch (...) {
+          errors[static_cast<std::size_t>(r)] = std::current_exception();
+        }
+      });
+  }
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+}
 
 }  // namespace train_mlp
