@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 packages=(g++ meson ninja-build pkg-config catch2 librange-v3-dev libcli11-dev
           nlohmann-json3-dev libbenchmark-dev libopenblas-dev libopenmpi-dev openmpi-bin
-          cmake)
+          libtorch-dev cmake)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,10 +5,10 @@ Usage: list_headers.py INCLUDE_DIR
 
 Prints one line per header under INCLUDE_DIR/dualpipe, sorted:
     <path relative to INCLUDE_DIR> TAB <needs>
-where <needs> is a comma-separated subset of cuda, nccl, mpi, or '-'.
+where <needs> is a comma-separated subset of cuda, nccl, mpi, torch, or '-'.
 
-A header needs a dependency if its path says so (a cuda/ folder, or cuda,
-nccl or mpi in its path: the project's rule) or if it includes that
+A header needs a dependency if its path says so (a cuda/ or torch/ folder,
+or cuda, nccl or mpi in its path: the project's rule) or if it includes that
 dependency's headers (cuda_runtime.h, cublas_v2.h, nccl.h, mpi.h, ...),
 directly or through another dualpipe header: a header whose name does not
 follow the rule is still only compiled when its dependency is enabled.
@@ -17,12 +17,13 @@ import os
 import re
 import sys
 
-NEEDS = ("cuda", "nccl", "mpi")
+NEEDS = ("cuda", "nccl", "mpi", "torch")
 # System headers that belong to each dependency.
 SYSTEM = {
     "cuda": re.compile(r"^(cuda|cublas|cuda_runtime|cufft|curand|cusparse|nvtx|thrust/|cub/)"),
     "nccl": re.compile(r"^nccl"),
     "mpi": re.compile(r"^mpi"),
+    "torch": re.compile(r"^(torch/|ATen/|c10/)"),
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.MULTILINE)
 
@@ -37,6 +38,8 @@ def path_needs(rel):
     # 'mpi' as a word: compile_time.hpp must not count.
     if re.search(r"(^|[^a-z])mpi([^a-z]|$)", inner):
         needs.add("mpi")
+    if rel.startswith("dualpipe/torch/"):
+        needs.add("torch")
     return needs
 
 
