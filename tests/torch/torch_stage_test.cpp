@@ -7,7 +7,9 @@
 #undef CHECK
 #include <catch2/catch.hpp>
 
+#include <cstdint>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -85,6 +87,23 @@ TEST_CASE("a torch tensor's wire form carries its element type and shape", "[tor
     CHECK(torch::equal(x, y));
   }
   CHECK(dualpipe::describe(traits::shape(at::zeros({8, 64}))) == "f32[8, 64]");
+}
+
+TEST_CASE("every wire code but bytes names one torch element type, both ways", "[torch][wire]") {
+  int named = 0;
+  for (std::uint32_t c = 0; c <= static_cast<std::uint32_t>(dualpipe::wire_dtype::c128); ++c) {
+    const auto code = static_cast<dualpipe::wire_dtype>(c);
+    CAPTURE(dualpipe::wire_dtype_name(code));
+    const std::optional<at::ScalarType> type = lt::scalar_type_of(code);
+    if (code == dualpipe::wire_dtype::bytes) {
+      CHECK_FALSE(type);
+      continue;
+    }
+    REQUIRE(type);
+    CHECK(lt::wire_dtype_of(*type) == code);
+    ++named;
+  }
+  CHECK(named == 12);
 }
 
 TEST_CASE("a tensor the wire cannot carry is refused with the reason", "[torch][wire]") {

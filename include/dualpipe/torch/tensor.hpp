@@ -27,70 +27,38 @@
 
 namespace dualpipe::libtorch {
 
+namespace detail {
+
+// Every torch element type the wire names, with its code: the one home of
+// the mapping both ways.
+struct element_code {
+  at::ScalarType type;
+  wire_dtype code;
+};
+inline constexpr element_code element_codes[] = {
+    {at::kFloat, wire_dtype::f32},        {at::kDouble, wire_dtype::f64},
+    {at::kHalf, wire_dtype::f16},         {at::kBFloat16, wire_dtype::bf16},
+    {at::kChar, wire_dtype::i8},          {at::kByte, wire_dtype::u8},
+    {at::kShort, wire_dtype::i16},        {at::kInt, wire_dtype::i32},
+    {at::kLong, wire_dtype::i64},         {at::kBool, wire_dtype::boolean},
+    {at::kComplexFloat, wire_dtype::c64}, {at::kComplexDouble, wire_dtype::c128},
+};
+
+}  // namespace detail
+
 // The wire code of a torch element type; nullopt for those the wire cannot
 // name (quantized types, bits types, ...).
 [[nodiscard]] inline std::optional<wire_dtype> wire_dtype_of(at::ScalarType t) noexcept {
-  switch (t) {
-    case at::kFloat:
-      return wire_dtype::f32;
-    case at::kDouble:
-      return wire_dtype::f64;
-    case at::kHalf:
-      return wire_dtype::f16;
-    case at::kBFloat16:
-      return wire_dtype::bf16;
-    case at::kChar:
-      return wire_dtype::i8;
-    case at::kByte:
-      return wire_dtype::u8;
-    case at::kShort:
-      return wire_dtype::i16;
-    case at::kInt:
-      return wire_dtype::i32;
-    case at::kLong:
-      return wire_dtype::i64;
-    case at::kBool:
-      return wire_dtype::boolean;
-    case at::kComplexFloat:
-      return wire_dtype::c64;
-    case at::kComplexDouble:
-      return wire_dtype::c128;
-    default:
-      return std::nullopt;
-  }
+  for (const detail::element_code& e : detail::element_codes)
+    if (e.type == t) return e.code;
+  return std::nullopt;
 }
 
 // The torch element type of a wire code; nullopt for `bytes`, which names no
 // torch type.
 [[nodiscard]] inline std::optional<at::ScalarType> scalar_type_of(wire_dtype d) noexcept {
-  switch (d) {
-    case wire_dtype::f32:
-      return at::kFloat;
-    case wire_dtype::f64:
-      return at::kDouble;
-    case wire_dtype::f16:
-      return at::kHalf;
-    case wire_dtype::bf16:
-      return at::kBFloat16;
-    case wire_dtype::i8:
-      return at::kChar;
-    case wire_dtype::u8:
-      return at::kByte;
-    case wire_dtype::i16:
-      return at::kShort;
-    case wire_dtype::i32:
-      return at::kInt;
-    case wire_dtype::i64:
-      return at::kLong;
-    case wire_dtype::boolean:
-      return at::kBool;
-    case wire_dtype::c64:
-      return at::kComplexFloat;
-    case wire_dtype::c128:
-      return at::kComplexDouble;
-    case wire_dtype::bytes:
-      return std::nullopt;
-  }
+  for (const detail::element_code& e : detail::element_codes)
+    if (e.code == d) return e.type;
   return std::nullopt;
 }
 
