@@ -12,6 +12,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "dualpipe/torch/deferred_linear.hpp"
@@ -368,4 +369,26 @@ TEST_CASE("module_stage: flat buffers take the module's shapes", "[torch][stage]
   const auto ga = grads(*a), gb = grads(*b);
   for (std::size_t i = 0; i < ga.size(); ++i) CHECK(bitwise_equal(ga[i], gb[i]));
   CHECK_THROWS(flat.forward(1, at::ones({10}, at::kDouble), y1));  // 10 is no multiple of 4
+}
+
+TEST_CASE("module_stage: clear() drops what a failed step left behind", "[torch][stage]") {
+  STATIC_REQUIRE(std::is_move_constructible_v<lt::module_stage<torch::nn::Sequential>>);
+  STATIC_REQUIRE_FALSE(std::is_move_assignable_v<lt::module_stage<torch::nn::Sequential>>);
+  for (const auto mode : {lt::weight_gradients::store, lt::weight_gradients::second_pass}) {
+    CAPTURE(lt::weight_gradients_name(mode));
+    lt::module_stage stage(deferred_stage(4, at::kFloat), {.deferral = mode});
+    at::Tensor y, ig;
+    // A step that stopped after an I: its W never ran, a later forward kept.
+    stage.forward(0, at::ones({2, 4}), y);
+    stage.backward_input(0, at::ones({2, 4}), ig);
+    stage.forward(1, at::ones({2, 4}), y);
+    CHECK(stage.deferred_microbatches() == std::vector<int>{0});
+    stage.clear();
+    CHECK(stage.deferred_microbatches().empty());
+    CHECK(stage.kept() == 0);
+    // The next step starts from nothing: micro-batch 1's W comes first now.
+    stage.forward(1, at::ones({2, 4}), y);
+    stage.backward_input(1, at::ones({2, 4}), ig);
+    CHECK_NOTHROW(stage.backward_weight(1));
+  }
 }

@@ -108,10 +108,13 @@ class module_stage {
       for (const auto& layer : deferred_layers_) layer->detach_from(store_.get());
   }
 
+  // Movable (the store keeps its address, so the layers' pointers stay
+  // good), not assignable: an assignment would free the store that the
+  // overwritten stage's layers still point to.
   module_stage(const module_stage&) = delete;
   module_stage& operator=(const module_stage&) = delete;
   module_stage(module_stage&&) noexcept = default;
-  module_stage& operator=(module_stage&&) noexcept = default;
+  module_stage& operator=(module_stage&&) = delete;
   ~module_stage() {
     if (store_)
       for (const auto& layer : deferred_layers_) layer->detach_from(store_.get());
