@@ -40,6 +40,29 @@ struct rank_record {
   int overlapped_calls = 0;
 };
 
+// This rank's share of a batch: the inputs of the micro-batches whose first
+// stage runs here and the labels of those whose last stage does, in the
+// order the executor takes them.
+template <class Executor, class Tensor>
+void take_share(const Executor& executor, const std::vector<Tensor>& inputs,
+                const std::vector<Tensor>& labels, std::vector<Tensor>& my_inputs,
+                std::vector<Tensor>& my_labels) {
+  for (const int m : executor.entering_microbatches())
+    my_inputs.push_back(inputs.at(static_cast<std::size_t>(m)));
+  for (const int m : executor.leaving_microbatches())
+    my_labels.push_back(labels.at(static_cast<std::size_t>(m)));
+}
+
+// On the failing rank, every stage (held by pointer) throws at its first
+// backward: the examples' fault path.
+template <class Stages>
+void fail_if_told(const Stages& stages, int rank, int failing_rank) {
+  if (rank != failing_rank) return;
+  for (const auto& st : stages)
+    st->fail_next_backward("rank " + std::to_string(failing_rank) +
+                           " fails at its first backward, as it was told to");
+}
+
 // One rank of the pipelined model: its copies of the stages it holds, its
 // executor on `transport`, and its share of the micro-batches' inputs and
 // labels. `failing_rank`: that rank's stages throw at their first backward.
@@ -56,14 +79,8 @@ class pipeline_rank {
           return *stages_.emplace_back(std::make_unique<stage_type>(
               model.at(static_cast<std::size_t>(s)), table.microbatches()));
         }) {
-    for (const int m : executor_.entering_microbatches())
-      inputs_.push_back(data.inputs.at(static_cast<std::size_t>(m)));
-    for (const int m : executor_.leaving_microbatches())
-      labels_.push_back(data.labels.at(static_cast<std::size_t>(m)));
-    if (executor_.rank() == failing_rank)
-      for (const auto& st : stages_)
-        st->fail_next_backward("rank " + std::to_string(failing_rank) +
-                               " fails at its first backward, as it was told to");
+    take_share(executor_, data.inputs, data.labels, inputs_, labels_);
+    fail_if_told(stages_, executor_.rank(), failing_rank);
   }
 
   [[nodiscard]] int rank() const noexcept { return executor_.rank(); }

@@ -31,7 +31,7 @@
 #include "dualpipe/torch/tensor.hpp"
 #include "dualpipe/transport/in_process.hpp"
 #include "model.hpp"
-#include "pipeline.hpp"  // train-mlp's: rank_record, gather_record
+#include "pipeline.hpp"  // train-mlp's: rank_record, gather_record, take_share
 #include "thread_group.hpp"
 
 namespace train_torch {
@@ -94,14 +94,8 @@ class pipeline_rank {
                                       dualpipe::libtorch::stage_options{
                                           .deferral = deferral, .input_requires_grad = s != 0}));
         }) {
-    for (const int m : executor_.entering_microbatches())
-      inputs_.push_back(data.inputs.at(static_cast<std::size_t>(m)));
-    for (const int m : executor_.leaving_microbatches())
-      labels_.push_back(data.labels.at(static_cast<std::size_t>(m)));
-    if (executor_.rank() == failing_rank)
-      for (const auto& st : stages_)
-        st->fail_next_backward("rank " + std::to_string(failing_rank) +
-                               " fails at its first backward, as it was told to");
+    train_mlp::take_share(executor_, data.inputs, data.labels, inputs_, labels_);
+    train_mlp::fail_if_told(stages_, executor_.rank(), failing_rank);
   }
 
   [[nodiscard]] int rank() const noexcept { return executor_.rank(); }

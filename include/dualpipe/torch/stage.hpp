@@ -101,11 +101,14 @@ class module_stage {
           "dualpipe::libtorch::module_stage: weight_gradients::store needs a module that holds "
           "at least one deferred_linear (nothing could defer its weight gradient); use "
           "second_pass for any module");
-    if (resolved_ == weight_gradients::second_pass)
+    // Attaching above also caught a layer that another stage holds; a
+    // second_pass stage then lets its layers go again, so that they compute
+    // at once what autograd asks for.
+    if (resolved_ == weight_gradients::second_pass) {
+      for (const auto& layer : deferred_layers_) layer->detach_from(store_.get());
       for (at::Tensor& p : module_->parameters())
         if (p.requires_grad()) weights_.push_back(p);
-    if (resolved_ == weight_gradients::second_pass)
-      for (const auto& layer : deferred_layers_) layer->detach_from(store_.get());
+    }
   }
 
   // Movable (the store keeps its address, so the layers' pointers stay

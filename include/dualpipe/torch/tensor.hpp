@@ -21,7 +21,6 @@
 #include <span>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 #include "dualpipe/transport/wire.hpp"
 
@@ -140,11 +139,11 @@ struct wire_traits<at::Tensor> {
     if (!type || static_cast<std::size_t>(at::elementSize(*type)) != s.element_size)
       throw std::invalid_argument(std::string(who) + ": received " + describe(s) +
                                   ", which no torch element type holds");
-    const std::vector<std::int64_t> dims(s.dims.begin(), s.dims.begin() + s.dims_used);
+    const at::IntArrayRef dims(s.dims.data(), s.dims_used);
     const bool reusable = t.defined() && t.is_cpu() && t.layout() == at::kStrided &&
-                          t.scalar_type() == *type && t.sizes() == at::IntArrayRef(dims) &&
-                          t.is_contiguous() && !t.requires_grad() && !t.is_view() &&
-                          t.use_count() == 1 && t.storage().use_count() == 1;
+                          t.scalar_type() == *type && t.sizes() == dims && t.is_contiguous() &&
+                          !t.requires_grad() && !t.is_view() && t.use_count() == 1 &&
+                          t.storage().use_count() == 1;
     if (!reusable) t = at::empty(dims, at::TensorOptions().dtype(*type));
     return {static_cast<std::byte*>(t.data_ptr()), t.nbytes()};
   }
