@@ -203,6 +203,17 @@ TEST_CASE("one pass alone: plain order, chain only (I) and leaves only (W)") {
   CHECK(make_sequential_order(p).size == 20);
 }
 
+TEST_CASE("every sub-op of both passes has a number, and the number names it") {
+  const stage_programs p = moe_layer_programs({}, 3);
+  for (int i = 0; i < (p.forward.size + p.backward.size) * p.layers; ++i) {
+    CHECK(contains(p, ref_at(p, i)));
+    CHECK(flat_index(p, ref_at(p, i)) == i);
+  }
+  CHECK_FALSE(contains(p, F(3, 0)));
+  CHECK_FALSE(contains(p, B(0, 6)));
+  CHECK(contains(p, B(2, 5)));
+}
+
 TEST_CASE("dependencies: the chain crosses layers, a leaf hangs off the chain sub-op before it") {
   const stage_programs p = moe_layer_programs({}, 2);
   // The forward's layer 1 starts after layer 0's combine.
@@ -283,6 +294,32 @@ TEST_CASE("the validator names the first rule an order breaks") {
   }
 }
 
+TEST_CASE("a part of a pair (one pass, or a backward's chain or leaves) is checked as a part") {
+  const stage_programs p = moe_layer_programs({}, 2);
+  for (const issue_order& part :
+       {make_pass_order(p, pass::forward), make_pass_order(p, pass::backward),
+        make_pass_order(p, pass::backward, pass_part::chain_only),
+        make_pass_order(p, pass::backward, pass_part::leaves_only)}) {
+    CHECK(check_order(p, part, order_coverage::part).ok());
+    // As a whole pair it misses the rest.
+    CHECK(check_order(p, part).rule == order_rule::once);
+  }
+  // The rules still hold inside a part: a chain in reverse, a leaf twice.
+  issue_order reversed{};
+  const issue_order forward = make_pass_order(p, pass::forward);
+  for (int i = forward.size - 1; i >= 0; --i)
+    reversed.push(forward.ops[static_cast<std::size_t>(i)]);
+  CHECK(check_order(p, reversed, order_coverage::part).rule == order_rule::chain_order);
+  issue_order leaves = make_pass_order(p, pass::backward, pass_part::leaves_only);
+  leaves.push(leaves.ops[0]);
+  CHECK(describe(p, check_order(p, leaves, order_coverage::part)) ==
+        "every sub-op is issued once: mlp.W(B) of layer 1 is issued twice");
+  // A leaf whose predecessor is outside the part counts it as finished.
+  CHECK(check_order(p, order_of({B(1, 2)}), order_coverage::part).ok());
+  CHECK(check_order(p, order_of({B(1, 2), B(1, 1)}), order_coverage::part).rule ==
+        order_rule::leaf_after_predecessor);
+}
+
 TEST_CASE("program problems, one sentence each") {
   const auto problem = [](stage_programs p) { return program_problem(p); };
   stage_programs p = moe1;
@@ -295,6 +332,9 @@ TEST_CASE("program problems, one sentence each") {
   p = moe1;
   p.forward.ops[1].name = op_name{};
   CHECK(problem(p) == "the forward program: sub-op 1 has no name");
+  p = moe1;
+  p.forward.ops[2].name = "mlp.experts.gate";  // 16 characters
+  CHECK(problem(p) == "the forward program: sub-op 2 has a name longer than 15 characters");
   p = moe1;
   p.backward.ops[3].name = "mlp";
   CHECK(problem(p) ==

@@ -263,6 +263,12 @@ struct order_verdict {
   [[nodiscard]] constexpr bool ok() const noexcept { return rule == order_rule::none; }
 };
 
+// What an order must cover: a whole overlapped pair (every sub-op of both
+// passes, every layer), or a part, such as one pass alone or the chain or
+// the leaves of a backward (I, W), which a lane backend also runs. In a
+// part, a dependency outside the order counts as finished already.
+enum class order_coverage : std::uint8_t { whole_pair, part };
+
 namespace detail {
 
 // Position of a sub-op in its pass's plain order.
@@ -272,32 +278,28 @@ namespace detail {
   return k * p.of(r.which).size + r.index;
 }
 
-}  // namespace detail
-
-// Checks an overlapped pair's issue order against the programs: the first
-// rule it breaks, in the order of order_rule, and where. The order must hold
-// every sub-op of both passes, every layer.
-[[nodiscard]] constexpr order_verdict check_order(const stage_programs& p,
-                                                  std::span<const sub_op_ref> order) {
-  if (!program_problem(p).empty()) return {order_rule::program, -1, {}, {}};
+// check_order for programs known to be usable: allocates nothing, so a lane
+// backend can run it on every run.
+[[nodiscard]] constexpr order_verdict check_usable_order(const stage_programs& p,
+                                                         std::span<const sub_op_ref> order,
+                                                         order_coverage coverage) {
   const int total = (p.forward.size + p.backward.size) * p.layers;
   std::array<int, max_pair_sub_ops> seen_at{};
   for (int i = 0; i < total; ++i) seen_at[static_cast<std::size_t>(i)] = -1;
   for (int pos = 0; pos < static_cast<int>(order.size()); ++pos) {
     const sub_op_ref r = order[static_cast<std::size_t>(pos)];
-    if (r.layer >= p.layers || r.index >= p.of(r.which).size) return {order_rule::once, pos, r, r};
+    if (!contains(p, r)) return {order_rule::once, pos, r, r};
     int& at = seen_at[static_cast<std::size_t>(flat_index(p, r))];
     if (at >= 0) return {order_rule::once, pos, r, r};
     at = pos;
   }
-  for (int i = 0; i < total; ++i)
-    if (seen_at[static_cast<std::size_t>(i)] < 0) {
-      const bool fwd = i < p.forward.size * p.layers;
-      const int j = fwd ? i : i - p.forward.size * p.layers;
-      const int per = fwd ? p.forward.size : p.backward.size;
-      const sub_op_ref missing = make_ref(fwd ? pass::forward : pass::backward, j / per, j % per);
-      return {order_rule::once, -1, missing, missing};
-    }
+  if (coverage == order_coverage::whole_pair)
+    for (int i = 0; i < total; ++i)
+      if (seen_at[static_cast<std::size_t>(i)] < 0) {
+        const sub_op_ref missing = ref_at(p, i);
+        return {order_rule::once, -1, missing, missing};
+      }
+  // Where a sub-op is issued; -1 (before everything) when not in the order.
   const auto position = [&](sub_op_ref r) {
     return seen_at[static_cast<std::size_t>(flat_index(p, r))];
   };
@@ -308,7 +310,7 @@ namespace detail {
     for (int q = pos + 1; q < static_cast<int>(order.size()); ++q) {
       const sub_op_ref later = order[static_cast<std::size_t>(q)];
       if (later.which == r.which && sub_op_of(p, later).kind == role::chain &&
-          detail::plain_position(p, later) < detail::plain_position(p, r))
+          plain_position(p, later) < plain_position(p, r))
         return {order_rule::chain_order, pos, r, later};
     }
   }
@@ -328,6 +330,17 @@ namespace detail {
   return {};
 }
 
+}  // namespace detail
+
+// Checks an issue order against the programs: the first rule it breaks, in
+// the order of order_rule, and where.
+[[nodiscard]] constexpr order_verdict check_order(
+    const stage_programs& p, std::span<const sub_op_ref> order,
+    order_coverage coverage = order_coverage::whole_pair) {
+  if (!program_problem(p).empty()) return {order_rule::program, -1, {}, {}};
+  return detail::check_usable_order(p, order, coverage);
+}
+
 [[nodiscard]] constexpr order_verdict check_order(const stage_programs& p, const issue_order& o) {
   return check_order(p, o.view());
 }
@@ -342,7 +355,7 @@ namespace detail {
     case order_rule::once:
       if (v.position < 0)
         return "every sub-op is issued once: " + describe(p, v.op) + " is missing";
-      if (v.op.layer >= p.layers || v.op.index >= p.of(v.op.which).size)
+      if (!contains(p, v.op))
         return "every sub-op is issued once: the order names a sub-op the programs do not have";
       return "every sub-op is issued once: " + describe(p, v.op) + " is issued twice";
     case order_rule::chain_order:

@@ -41,11 +41,19 @@ inline constexpr std::size_t max_pair_sub_ops = 2 * max_sub_ops * max_layers;
 struct op_name {
   char text[max_name_length + 1]{};
 
+  // Set when the text given was longer than max_name_length (it is cut):
+  // program_problem refuses such a name, as it refuses an empty one.
+  bool too_long = false;
+
   constexpr op_name() = default;
-  // Longer names are cut to max_name_length characters; check_program
-  // refuses an empty one.
   constexpr op_name(const char* s) {  // NOLINT(google-explicit-constructor): a name is its text
-    for (std::size_t i = 0; i < max_name_length && s[i] != '\0'; ++i) text[i] = s[i];
+    for (std::size_t i = 0; s[i] != '\0'; ++i) {
+      if (i == max_name_length) {
+        too_long = true;
+        break;
+      }
+      text[i] = s[i];
+    }
   }
   [[nodiscard]] constexpr std::string_view view() const noexcept {
     std::size_t n = 0;
@@ -110,10 +118,18 @@ struct sub_op_ref {
   friend constexpr bool operator==(const sub_op_ref&, const sub_op_ref&) = default;
 };
 
+// For index < max_sub_ops and layer < max_layers (else it would be cut).
 [[nodiscard]] constexpr sub_op_ref make_ref(pass which, int layer, int index) noexcept {
   return {which, static_cast<std::uint8_t>(index), static_cast<std::uint16_t>(layer)};
 }
 
+// Whether the programs have this sub-op (a layer and an index in range).
+[[nodiscard]] constexpr bool contains(const stage_programs& p, sub_op_ref r) noexcept {
+  return r.layer < p.layers && r.index < p.of(r.which).size;
+}
+
+// The sub-op a reference names; the reference must be one the programs
+// contain.
 [[nodiscard]] constexpr const sub_op& sub_op_of(const stage_programs& p, sub_op_ref r) {
   return p.of(r.which)[r.index];
 }
@@ -136,6 +152,15 @@ struct sub_op_ref {
   const int per_layer = p.of(r.which).size;
   const int base = r.which == pass::forward ? 0 : p.forward.size * p.layers;
   return base + r.layer * per_layer + r.index;
+}
+
+// The sub-op numbered `i` by flat_index (0 <= i < the sub-ops of both passes).
+[[nodiscard]] constexpr sub_op_ref ref_at(const stage_programs& p, int i) noexcept {
+  const int forward_total = p.forward.size * p.layers;
+  const bool forward = i < forward_total;
+  const int j = forward ? i : i - forward_total;
+  const int per_layer = forward ? p.forward.size : p.backward.size;
+  return make_ref(forward ? pass::forward : pass::backward, j / per_layer, j % per_layer);
 }
 
 // ---------------------------------------------------------------------------
@@ -198,6 +223,7 @@ namespace detail {
     std::string at = who + ": sub-op ";
     ::dualpipe::detail::append_int(at, i);
     if (op.name.view().empty()) return at + " has no name";
+    if (op.name.too_long) return at + " has a name longer than 15 characters";
     for (int j = 0; j < i; ++j)
       if (prog[j].name == op.name) {
         at += " has the name of sub-op ";
