@@ -7,6 +7,8 @@ namespace dualpipe::cli {
 
 std::span<const command> subcommands() {
   static const std::vector<command> list = {
+      {"pair", "one overlapped pair on its compute and communication lanes: order, times, picture",
+       attach_pair},
       {"simulate", "simulate a schedule under a cost model: makespan, bubbles, activations",
        attach_simulate},
       {"validate", "check a schedule and print ok or its first violation", attach_validate},

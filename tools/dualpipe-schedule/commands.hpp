@@ -25,6 +25,7 @@ struct command {
   std::function<int()> (*attach)(CLI::App& sub);
 };
 
+std::function<int()> attach_pair(CLI::App& sub);      // pair_command.cpp
 std::function<int()> attach_simulate(CLI::App& sub);  // simulate_command.cpp
 std::function<int()> attach_validate(CLI::App& sub);  // validate_command.cpp
 
