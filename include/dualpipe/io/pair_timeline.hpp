@@ -141,6 +141,19 @@ struct pair_picture_info {
 
 namespace detail {
 
+// "pass": "F", "layer": 0, "index": 0, "lane": "compute": which sub-op
+// and where, as the trace's args and the interchange both spell it.
+inline void append_sub_op_fields(std::string& out, const overlap::timed_sub_op& t) {
+  out += "\"pass\": ";
+  out += t.op.which == overlap::pass::forward ? "\"F\"" : "\"B\"";
+  out += ", \"layer\": ";
+  append_int(out, t.op.layer);
+  out += ", \"index\": ";
+  append_int(out, t.op.index);
+  out += ", \"lane\": ";
+  append_json_string(out, overlap::lane_name(t.where));
+}
+
 // "attn F0", "combine B1", "mlp.W B0": name, pass, layer.
 [[nodiscard]] inline std::string pair_sub_op_label(const overlap::stage_programs& p,
                                                    overlap::sub_op_ref r) {
@@ -297,16 +310,7 @@ inline void append_exposed(std::vector<std::pair<double, double>>& out, double s
   std::string out;
   out.reserve(1024 + timeline.size() * 240);
   detail::svg_writer w(out);
-  out += "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
-  out += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"";
-  detail::append_svg_number(out, width);
-  out += "\" height=\"";
-  detail::append_svg_number(out, height);
-  out += "\" viewBox=\"0 0 ";
-  detail::append_svg_number(out, width);
-  out += " ";
-  detail::append_svg_number(out, height);
-  out += "\" font-family=\"Helvetica, Arial, sans-serif\">\n";
+  detail::append_svg_open(out, width, height);
   w.rect(0, 0, width, height, "#FFFFFF", "");
   out += "\n";
   if (!info.title.empty()) {
@@ -443,14 +447,8 @@ inline void append_exposed(std::vector<std::pair<double, double>>& out, double s
     detail::append_json_number(out, t.start * us);
     out += ", \"dur\": ";
     detail::append_json_number(out, (t.end - t.start) * us);
-    out += ", \"args\": {\"pass\": ";
-    out += forward ? "\"F\"" : "\"B\"";
-    out += ", \"layer\": ";
-    detail::append_int(out, t.op.layer);
-    out += ", \"index\": ";
-    detail::append_int(out, t.op.index);
-    out += ", \"lane\": ";
-    detail::append_json_string(out, overlap::lane_name(t.where));
+    out += ", \"args\": {";
+    detail::append_sub_op_fields(out, t);
     out += ", \"role\": ";
     out += leaf ? "\"leaf\"" : "\"chain\"";
     const int mb = forward ? info.forward_microbatch : info.backward_microbatch;
@@ -541,14 +539,8 @@ inline void append_programs_json(std::string& out, const overlap::stage_programs
   out += ",\n  \"sub_ops\": [";
   for (std::size_t i = 0; i < timeline.size(); ++i) {
     const overlap::timed_sub_op& t = timeline[i];
-    out += i == 0 ? "\n    {\"pass\": " : ",\n    {\"pass\": ";
-    out += t.op.which == overlap::pass::forward ? "\"F\"" : "\"B\"";
-    out += ", \"layer\": ";
-    detail::append_int(out, t.op.layer);
-    out += ", \"index\": ";
-    detail::append_int(out, t.op.index);
-    out += ", \"lane\": ";
-    detail::append_json_string(out, overlap::lane_name(t.where));
+    out += i == 0 ? "\n    {" : ",\n    {";
+    detail::append_sub_op_fields(out, t);
     out += ", \"start\": ";
     detail::append_json_number(out, t.start);
     out += ", \"end\": ";

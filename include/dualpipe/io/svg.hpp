@@ -102,6 +102,20 @@ inline void append_xml_text(std::string& out, std::string_view s) {
   }
 }
 
+// The document's opening (XML declaration and <svg> tag), width x height.
+inline void append_svg_open(std::string& out, double width, double height) {
+  out += "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
+  out += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"";
+  append_svg_number(out, width);
+  out += "\" height=\"";
+  append_svg_number(out, height);
+  out += "\" viewBox=\"0 0 ";
+  append_svg_number(out, width);
+  out += " ";
+  append_svg_number(out, height);
+  out += "\" font-family=\"Helvetica, Arial, sans-serif\">\n";
+}
+
 class svg_writer {
  public:
   explicit svg_writer(std::string& out) : out_(out) {}
@@ -244,16 +258,7 @@ class svg_writer {
   std::string out;
   out.reserve(256 + timeline.size() * 200);
   detail::svg_writer w(out);
-  out += "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
-  out += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"";
-  detail::append_svg_number(out, width);
-  out += "\" height=\"";
-  detail::append_svg_number(out, height);
-  out += "\" viewBox=\"0 0 ";
-  detail::append_svg_number(out, width);
-  out += " ";
-  detail::append_svg_number(out, height);
-  out += "\" font-family=\"Helvetica, Arial, sans-serif\">\n";
+  detail::append_svg_open(out, width, height);
   if (options.unit_grid && makespan > 0.0) {
     // One tile per time unit and rank: a faint outline, as the paper's
     // figures show idle slots.

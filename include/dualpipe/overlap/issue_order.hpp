@@ -380,11 +380,9 @@ namespace detail {
 
 template <auto Programs, auto Order>
 constexpr auto order_problem_sentence() {
-  constexpr std::size_t length = describe(Programs, check_order(Programs, Order)).size();
-  ::dualpipe::detail::sentence<length> out{};
-  const std::string text = describe(Programs, check_order(Programs, Order));
-  for (std::size_t i = 0; i < length; ++i) out.text[i] = text[i];
-  return out;
+  return ::dualpipe::detail::sentence_of<[] {
+    return describe(Programs, check_order(Programs, Order));
+  }>();
 }
 
 // Instantiated only for an order that breaks a rule: the error names the

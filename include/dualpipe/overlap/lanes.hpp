@@ -16,6 +16,7 @@
 #include "dualpipe/overlap/issue_order.hpp"
 #include "dualpipe/overlap/program.hpp"
 #include "dualpipe/overlap/timeline.hpp"
+#include "dualpipe/transport/errors.hpp"
 
 namespace dualpipe::overlap {
 
@@ -81,18 +82,6 @@ class sub_op_error : public std::runtime_error {
 
 namespace detail {
 
-// The what() of an exception, or a phrase for something that is not a
-// std::exception.
-inline std::string what_of(const std::exception_ptr& e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& x) {
-    return x.what();
-  } catch (...) {
-    return "an exception that is not a std::exception";
-  }
-}
-
 // Called inside a catch handler: the handled exception wrapped in a
 // sub_op_error that names `r`, and the sentence (for the abort callback). If
 // even that fails (out of memory), the handled exception itself.
@@ -102,7 +91,8 @@ inline std::exception_ptr name_failed_sub_op(const stage_programs& p, sub_op_ref
   try {
     const lane where = sub_op_of(p, r).where;
     why = "dualpipe::overlap: " + describe(p, r) + " failed on the " +
-          std::string(lane_name(where)) + " lane: " + what_of(original);
+          std::string(lane_name(where)) +
+          " lane: " + handled_exception_text("an exception that is not a std::exception");
     try {
       std::throw_with_nested(sub_op_error(why, r, where));
     } catch (...) {

@@ -78,11 +78,7 @@ namespace detail {
 
 template <stage_programs Programs>
 constexpr auto program_problem_sentence() {
-  constexpr std::size_t length = program_problem(Programs).size();
-  ::dualpipe::detail::sentence<length> out{};
-  const std::string text = program_problem(Programs);
-  for (std::size_t i = 0; i < length; ++i) out.text[i] = text[i];
-  return out;
+  return ::dualpipe::detail::sentence_of<[] { return program_problem(Programs); }>();
 }
 
 // Instantiated only for programs that cannot run: the error spells the

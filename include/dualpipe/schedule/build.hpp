@@ -223,13 +223,20 @@ struct sentence {
   char text[Length + 1]{};
 };
 
+// The text a constant callable returns (a captureless lambda), as a
+// sentence: how a compile error spells a run-time sentence.
+template <auto Text>
+constexpr auto sentence_of() {
+  constexpr std::size_t length = Text().size();
+  sentence<length> out{};
+  const std::string text = Text();
+  std::copy_n(text.data(), length, out.text);
+  return out;
+}
+
 template <auto Generator>
 constexpr auto broken_rule_sentence() {
-  constexpr std::size_t length = broken_rule(Generator).size();
-  sentence<length> out{};
-  const std::string rule = broken_rule(Generator);
-  std::copy_n(rule.data(), length, out.text);
-  return out;
+  return sentence_of<[] { return broken_rule(Generator); }>();
 }
 
 // Instantiated only for sizes that break a rule: the compile error names the
