@@ -30,6 +30,7 @@
 #include "moe_stage.hpp"
 #include "options.hpp"
 #include "pair_stats.hpp"
+#include "pipeline.hpp"
 #include "reference.hpp"
 #include "step_times.hpp"
 #include "thread_group.hpp"
@@ -63,10 +64,7 @@ class moe_rank {
               std::make_unique<stage_type>(m, s, e, table.microbatches(), w.exchange(p), context_));
         }) {
     const auto ue = static_cast<std::size_t>(e);
-    for (const int mb : executor_.entering_microbatches())
-      inputs_.push_back(data.inputs[ue].at(static_cast<std::size_t>(mb)));
-    for (const int mb : executor_.leaving_microbatches())
-      labels_.push_back(data.labels[ue].at(static_cast<std::size_t>(mb)));
+    train_mlp::take_share(executor_, data.inputs[ue], data.labels[ue], inputs_, labels_);
   }
 
   [[nodiscard]] rank_context& context() noexcept { return context_; }

@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <filesystem>
 #include <fstream>
 #include <initializer_list>
 #include <iomanip>
@@ -22,7 +21,6 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
-#include <system_error>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -33,6 +31,7 @@
 #include "dualpipe/overlap/moe_layer.hpp"
 #include "dualpipe/overlap/program.hpp"
 #include "dualpipe/overlap/timeline.hpp"
+#include "table_source.hpp"
 #include "usage_error.hpp"
 
 namespace dualpipe::cli {
@@ -91,18 +90,6 @@ overlap::moe_layer_costs parse_moe_costs(const std::string& spec) {
     }
   }
   return {values[0], values[1], values[2], values[3], values[4], values[5], values[6], values[7]};
-}
-
-std::string read_text(const std::string& option, const std::string& path) {
-  std::error_code ignored;
-  if (std::filesystem::is_directory(path, ignored))
-    throw usage_error(option + " '" + path + "' is a directory, not a JSON file");
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw usage_error("cannot read " + option + " file '" + path + "'");
-  std::ostringstream text;
-  text << file.rdbuf();
-  if (file.bad()) throw usage_error("cannot read " + option + " file '" + path + "'");
-  return text.str();
 }
 
 // Reads fields of one input file; every complaint names the file and the
@@ -249,7 +236,7 @@ struct pair_timeline {
 
 pair_timeline read_timeline(const std::string& path) {
   const field_reader r("--timeline '" + path + "'");
-  const json doc = r.parse(read_text("--timeline", path));
+  const json doc = r.parse(read_input_file("--timeline", path, "JSON"));
   r.object(doc, "", {"programs", "unit", "forward_microbatch", "backward_microbatch", "sub_ops"});
   pair_timeline t;
   t.programs = read_programs(r, *r.member(doc, "", "programs", true), "programs");
@@ -293,7 +280,7 @@ pair_timeline read_timeline(const std::string& path) {
 
 overlap::stage_programs read_programs_file(const std::string& path) {
   const field_reader r("--programs '" + path + "'");
-  const json doc = r.parse(read_text("--programs", path));
+  const json doc = r.parse(read_input_file("--programs", path, "JSON"));
   // A whole timeline file serves as well: its programs are simulated.
   if (doc.is_object() && doc.contains("programs"))
     return read_programs(r, doc["programs"], "programs");

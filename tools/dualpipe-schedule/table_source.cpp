@@ -75,18 +75,23 @@ schedule_table read_input(const table_source& source) {
   if (source.forward_only || source.with_communication)
     throw usage_error(
         "--forward-only and --with-comm apply to --schedule; --input keeps the file's content");
-  std::error_code ignored;
-  if (std::filesystem::is_directory(source.input, ignored))
-    throw usage_error("--input '" + source.input + "' is a directory, not a CSV file");
-  std::ifstream file(source.input, std::ios::binary);
-  if (!file) throw usage_error("cannot read --input file '" + source.input + "'");
-  std::ostringstream text;
-  text << file.rdbuf();
-  if (file.bad()) throw usage_error("cannot read --input file '" + source.input + "'");
-  return read_csv(text.str());
+  return read_csv(read_input_file("--input", source.input, "CSV"));
 }
 
 }  // namespace
+
+std::string read_input_file(const std::string& option, const std::string& path,
+                            const std::string& kind) {
+  std::error_code ignored;
+  if (std::filesystem::is_directory(path, ignored))
+    throw usage_error(option + " '" + path + "' is a directory, not a " + kind + " file");
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw usage_error("cannot read " + option + " file '" + path + "'");
+  std::ostringstream text;
+  text << file.rdbuf();
+  if (file.bad()) throw usage_error("cannot read " + option + " file '" + path + "'");
+  return text.str();
+}
 
 schedule_table build_table(const table_source& source) {
   if (source.input_option != nullptr && source.input_option->count() > 0) return read_input(source);

@@ -43,4 +43,10 @@ void add_table_source_options(CLI::App& app, table_source& source);
 // rejects; an --input file that is not valid CSV is a csv_error (line, column).
 [[nodiscard]] schedule_table build_table(const table_source& source);
 
+// The whole text of an input file named by `option` ("--input"), whose
+// content is `kind` ("CSV"): usage_error when it is a directory or cannot be
+// read. Serves every option that reads a file.
+[[nodiscard]] std::string read_input_file(const std::string& option, const std::string& path,
+                                          const std::string& kind);
+
 }  // namespace dualpipe::cli
