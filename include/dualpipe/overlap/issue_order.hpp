@@ -33,6 +33,7 @@
 // another candidate, one the model finishes strictly sooner.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <span>
@@ -271,11 +272,11 @@ enum class order_coverage : std::uint8_t { whole_pair, part };
 
 namespace detail {
 
-// Position of a sub-op in its pass's plain order.
+// Position of a sub-op in its pass's plain order (layer_at is its own
+// inverse: the layer run k-th is layer_at(k), and layer l runs
+// layer_at(l)-th).
 [[nodiscard]] constexpr int plain_position(const stage_programs& p, sub_op_ref r) {
-  int k = 0;
-  while (layer_at(r.which, k, p.layers) != r.layer) ++k;
-  return k * p.of(r.which).size + r.index;
+  return layer_at(r.which, r.layer, p.layers) * p.of(r.which).size + r.index;
 }
 
 // check_order for programs known to be usable: allocates nothing, so a lane
@@ -304,10 +305,26 @@ namespace detail {
     return seen_at[static_cast<std::size_t>(flat_index(p, r))];
   };
   // Chain order: the chain sub-ops of each pass appear in their plain order.
-  for (int pos = 0; pos < static_cast<int>(order.size()); ++pos) {
+  // The first chain sub-op that a later chain sub-op of its pass precedes in
+  // the plain order, found in linear time (the lanes check every run): from
+  // the end, the least plain position still to come in each pass; then the
+  // first position above it, and the first later sub-op that is below.
+  const auto pass_of = [](sub_op_ref r) { return r.which == pass::forward ? 0 : 1; };
+  const int n = static_cast<int>(order.size());
+  std::array<int, max_pair_sub_ops> least_after{};
+  int least[2] = {total, total};
+  for (int pos = n - 1; pos >= 0; --pos) {
     const sub_op_ref r = order[static_cast<std::size_t>(pos)];
-    if (sub_op_of(p, r).kind != role::chain) continue;
-    for (int q = pos + 1; q < static_cast<int>(order.size()); ++q) {
+    least_after[static_cast<std::size_t>(pos)] = least[pass_of(r)];
+    if (sub_op_of(p, r).kind == role::chain)
+      least[pass_of(r)] = std::min(least[pass_of(r)], plain_position(p, r));
+  }
+  for (int pos = 0; pos < n; ++pos) {
+    const sub_op_ref r = order[static_cast<std::size_t>(pos)];
+    if (sub_op_of(p, r).kind != role::chain ||
+        least_after[static_cast<std::size_t>(pos)] > plain_position(p, r))
+      continue;
+    for (int q = pos + 1; q < n; ++q) {
       const sub_op_ref later = order[static_cast<std::size_t>(q)];
       if (later.which == r.which && sub_op_of(p, later).kind == role::chain &&
           plain_position(p, later) < plain_position(p, r))

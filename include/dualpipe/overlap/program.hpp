@@ -172,7 +172,8 @@ struct sub_op_ref {
 // before it in its own layer; either also for `after`.
 // ---------------------------------------------------------------------------
 
-// The layer that runs k-th (0-based) in a pass of `layers` layers.
+// The layer that runs k-th (0-based) in a pass of `layers` layers; also the
+// k at which layer `k` runs (the mapping is its own inverse).
 [[nodiscard]] constexpr int layer_at(pass p, int k, int layers) noexcept {
   return p == pass::forward ? k : layers - 1 - k;
 }
@@ -195,8 +196,7 @@ struct dependencies {
   } else if (op.kind == role::chain) {
     // The first chain sub-op of a layer waits for the last chain sub-op of
     // the layer that ran before it in this pass.
-    int k = 0;
-    while (layer_at(r.which, k, p.layers) != r.layer) ++k;
+    const int k = layer_at(r.which, r.layer, p.layers);  // its layer runs k-th
     if (k > 0) {
       int last = -1;
       for (int i = 0; i < prog.size; ++i)
